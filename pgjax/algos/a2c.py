@@ -1,0 +1,134 @@
+"""Advantage actor-critic (A2C) on fixed-length rollouts.
+
+``--critic v`` (default): the critic learns ``V(s)`` by regression on λ-returns;
+the actor is weighted by GAE(λ) advantages (λ = 0: the TD error
+``r + γV(s') − V(s)``; λ = 1: the Monte-Carlo return over the rollout minus V,
+bootstrapped at its end). Truncated steps bootstrap from V of the true final
+observation.
+
+``--critic q``: the action-value actor-critic. The critic learns ``Q(s, a)`` by
+TD(0) towards ``r + γ·Σ_a' π(a'|s')·Q(s', a')`` (expected SARSA), and the actor
+is weighted by ``Q(s, a) − Σ_a π(a|s)·Q(s, a)``, the advantage with the
+action-independent baseline ``V = E_π[Q]``. Discrete actions only.
+
+Both minimise ``L = L_π + c_v·L_V − c_H·H[π]`` with one Adam step per rollout on
+each network, gradients clipped to a global norm. Mnih et al. 2016,
+https://arxiv.org/abs/1602.01783.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pgjax import losses, rollout
+from pgjax.algos import base
+from pgjax.config import Hyperparams, TrainConfig
+from pgjax.envs import EnvSpec
+
+METRICS = ("policy_loss", "value_loss", "entropy", "grad_norm", "learning_rate")
+
+
+def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+    """Builds A2C for ``spec``; ``config.critic`` picks ``v`` or ``q``."""
+    if config.critic not in ("v", "q"):
+        raise ValueError(f"--critic must be v or q, got {config.critic!r}")
+    q_critic = config.critic == "q"
+    policy, critic = base.make_networks(config, spec, q_critic=q_critic)
+
+    def init(key, hyper: Hyperparams):
+        del hyper
+        return base.init_actor_critic(policy, critic, key)
+
+    def collect(agent, env_state, key, hyper: Hyperparams):
+        del hyper
+        env_state, batch = rollout.collect_steps(
+            spec,
+            base.sampling_act_fn(policy, agent.actor),
+            env_state,
+            key,
+            config.num_steps,
+            config.normalize_obs,
+        )
+        return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
+
+    def v_losses(params, batch: rollout.Transition, hyper: Hyperparams):
+        dist = policy.apply(params["actor"], batch.obs)
+        log_prob = dist.log_prob(batch.action)
+        values = critic.apply(params["critic"], batch.obs)
+        next_values = jax.lax.stop_gradient(
+            critic.apply(params["critic"], batch.next_obs)
+        )
+        rewards = batch.reward * hyper.reward_scale
+        discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
+        advantages = losses.gae_advantages(
+            rewards,
+            jax.lax.stop_gradient(values),
+            next_values,
+            discounts,
+            batch.done,
+            hyper.gae_lambda,
+        )
+        targets = advantages + jax.lax.stop_gradient(values)
+        return log_prob, dist.entropy(), advantages, losses.value_loss(values, targets)
+
+    def q_losses(params, batch: rollout.Transition, hyper: Hyperparams):
+        dist = policy.apply(params["actor"], batch.obs)
+        log_prob = dist.log_prob(batch.action)
+        q_values = critic.apply(params["critic"], batch.obs)
+        q_taken = jnp.take_along_axis(q_values, batch.action[..., None], axis=-1)
+        q_taken = q_taken[..., 0]
+        next_probs = policy.apply(params["actor"], batch.next_obs).probs()
+        next_v = losses.expected_value_baseline(
+            critic.apply(params["critic"], batch.next_obs), next_probs
+        )
+        rewards = batch.reward * hyper.reward_scale
+        discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
+        td_target = jax.lax.stop_gradient(rewards + discounts * next_v)
+        baseline = losses.expected_value_baseline(q_values, dist.probs())
+        advantages = jax.lax.stop_gradient(q_taken - baseline)
+        return (
+            log_prob,
+            dist.entropy(),
+            advantages,
+            losses.value_loss(q_taken, td_target),
+        )
+
+    estimate = q_losses if q_critic else v_losses
+
+    def loss_fn(params, batch, hyper: Hyperparams):
+        log_prob, entropy, advantages, value_loss = estimate(params, batch, hyper)
+        if config.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages)
+        policy_loss = losses.policy_gradient_loss(log_prob, advantages)
+        entropy_loss = losses.entropy_loss(entropy)
+        total = policy_loss + hyper.vf_coef * value_loss + hyper.ent_coef * entropy_loss
+        return total, {
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "entropy": -entropy_loss,
+        }
+
+    def update(agent: base.ActorCriticState, batch, key, hyper, progress):
+        del key
+        params = {"actor": agent.actor, "critic": agent.critic}
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
+        grads, grad_norm = base.clip_by_global_norm(grads, hyper.max_grad_norm)
+        lr = base.learning_rate(hyper.lr, progress, config.anneal_lr)
+        actor, actor_opt = base.adam_step(
+            agent.actor, agent.actor_opt, grads["actor"], lr
+        )
+        critic_params, critic_opt = base.adam_step(
+            agent.critic, agent.critic_opt, grads["critic"], lr
+        )
+        agent = base.ActorCriticState(actor, critic_params, actor_opt, critic_opt)
+        return agent, {**metrics, "grad_norm": grad_norm, "learning_rate": lr}
+
+    return base.Algorithm(
+        name="a2c",
+        init=init,
+        collect=collect,
+        update=update,
+        act=base.policy_act(policy),
+        metric_names=METRICS,
+    )

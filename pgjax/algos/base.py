@@ -1,0 +1,119 @@
+"""What every algorithm is: an init/collect/update triple over explicit state.
+
+Like an optax ``GradientTransformation``, an :class:`Algorithm` is a bundle of pure
+functions. The trainer calls them without knowing which algorithm it runs:
+
+* ``init(key, hyper) → agent``: parameters and optimiser states;
+* ``collect(agent, env_state, key, hyper) → (env_state, transition, rows)``:
+  experience from the shared rollout (:mod:`pgjax.rollout`);
+* ``update(agent, transition, key, hyper, progress) → (agent, metrics)``: one
+  learning step; ``progress`` in [0, 1] is the fraction of training done;
+* ``act(agent, obs, key, deterministic) → action``: for evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from pgjax.config import Hyperparams, TrainConfig
+from pgjax.envs import EnvSpec
+from pgjax.networks import Critic, Policy, make_critic, make_policy
+from pgjax.rollout import ActFn
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """Pure functions that define one policy-gradient algorithm."""
+
+    name: str
+    init: Callable[[Array, Hyperparams], Any]
+    collect: Callable[..., Any]
+    update: Callable[..., tuple[Any, Metrics]]
+    act: Callable[[Any, Array, Array, bool], Array]
+    metric_names: tuple[str, ...]
+
+
+@struct.dataclass
+class ActorCriticState:
+    """Parameters and Adam moments of a separate actor and critic."""
+
+    actor: Any
+    critic: Any
+    actor_opt: Any
+    critic_opt: Any
+
+
+ADAM = optax.scale_by_adam(eps=1e-5)
+
+
+def adam_step(params, opt_state, grads, lr: Array):
+    """One Adam step with a traced learning rate: ``θ ← θ − lr·adam(g)``."""
+    updates, opt_state = ADAM.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    return params, opt_state
+
+
+def clip_by_global_norm(grads, max_norm: Array) -> tuple[Any, Array]:
+    """Scales ``grads`` so their global norm is at most ``max_norm``.
+
+    Returns the clipped gradients and the norm before clipping.
+    """
+    norm = optax.global_norm(grads)
+    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: g * scale, grads), norm
+
+
+def learning_rate(lr: Array, progress: Array, anneal: bool) -> Array:
+    """``lr·(1 − progress)`` when annealing, else ``lr``."""
+    return lr * (1.0 - progress) if anneal else lr
+
+
+def make_networks(
+    config: TrainConfig, spec: EnvSpec, q_critic: bool = False
+) -> tuple[Policy, Critic]:
+    policy = make_policy(spec, config.hidden, config.activation)
+    critic = make_critic(spec, config.hidden, config.activation, q_values=q_critic)
+    return policy, critic
+
+
+def init_actor_critic(policy: Policy, critic: Critic, key: Array) -> ActorCriticState:
+    actor_key, critic_key = jax.random.split(key)
+    actor = policy.init(actor_key)
+    critic_params = critic.init(critic_key)
+    return ActorCriticState(
+        actor=actor,
+        critic=critic_params,
+        actor_opt=ADAM.init(actor),
+        critic_opt=ADAM.init(critic_params),
+    )
+
+
+def sampling_act_fn(policy: Policy, actor_params) -> ActFn:
+    """``obs, key ↦ (a ~ π(·|obs), log π(a|obs))`` for the rollout."""
+
+    def act(obs: Array, key: Array) -> tuple[Array, Array]:
+        dist = policy.apply(actor_params, obs)
+        action = dist.sample(key)
+        return action, dist.log_prob(action)
+
+    return act
+
+
+def policy_act(policy: Policy) -> Callable[[Any, Array, Array, bool], Array]:
+    """Evaluation action: the mode when ``deterministic``, else a sample."""
+
+    def act(agent: ActorCriticState, obs: Array, key: Array, deterministic: bool):
+        dist = policy.apply(agent.actor, obs)
+        return dist.mode() if deterministic else dist.sample(key)
+
+    return act

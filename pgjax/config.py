@@ -1,0 +1,128 @@
+"""Training configuration: one typed dataclass whose field docs become ``--help``.
+
+Fields split in two kinds (DESIGN.md, "Conventions"):
+
+* static fields fix shapes and code paths and are compile-time constants
+  (``num_envs``, ``num_steps``, ``hidden``, ``baseline``, ``cg_iters``, ...);
+* numeric hyperparameters that users sweep are copied into :class:`Hyperparams`,
+  a pytree of traced scalars, so seeds and sweeps are a ``vmap`` over one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+def _field(default: Any, help: str, **kwargs) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    algo: str = _field("a2c", "algorithm: a2c, reinforce, npg or trpo")
+    env: str = _field("CartPole-v1", "gymnax environment id")
+    num_envs: int = _field(4096, "parallel environments stepped with vmap")
+    num_steps: int = _field(
+        16, "rollout length per update (a2c/npg/trpo; reinforce runs whole episodes)"
+    )
+    total_timesteps: int = _field(
+        1_000_000, "environment steps of experience to train for, per seed"
+    )
+    seed: int = _field(0, "first random seed")
+    num_seeds: int = _field(1, "independent seeds trained together by vmap")
+
+    # Optimisation (traced: sweepable).
+    lr: float = _field(3e-4, "learning rate (Adam) of the actor, and critic for a2c")
+    critic_lr: float = _field(1e-3, "critic learning rate (reinforce, npg, trpo)")
+    gamma: float = _field(0.99, "discount factor γ in (0, 1]")
+    gae_lambda: float = _field(0.95, "GAE λ in [0, 1]: 0 = TD error, 1 = MC return")
+    ent_coef: float = _field(0.0, "entropy bonus coefficient")
+    vf_coef: float = _field(0.5, "value-loss coefficient (a2c)")
+    max_grad_norm: float = _field(0.5, "global gradient-norm clip")
+    reward_scale: float = _field(1.0, "rewards are multiplied by this for learning")
+    anneal_lr: bool = _field(True, "decay learning rates linearly to 0 over training")
+    normalize_advantages: bool = _field(
+        True, "standardise advantages per batch (mean 0, std 1)"
+    )
+    normalize_obs: bool = _field(
+        False, "normalise observations with running statistics shared by all envs"
+    )
+
+    # Networks.
+    hidden: tuple[int, ...] = _field((64, 64), "hidden widths of both MLPs, e.g. 64,64")
+    activation: str = _field("tanh", "hidden activation: tanh, relu, elu, gelu, silu")
+
+    # REINFORCE.
+    returns: str = _field(
+        "reward-to-go",
+        "reinforce weights: total (whole-episode return) or reward-to-go",
+    )
+    baseline: str = _field(
+        "value", "reinforce baseline: none, mean (batch mean) or value (learned V)"
+    )
+
+    # A2C.
+    critic: str = _field("v", "a2c critic: v (state value, GAE) or q (action value)")
+
+    # Natural gradient / TRPO.
+    max_kl: float = _field(0.01, "trust region: KL(old‖new) allowed per update")
+    cg_iters: int = _field(10, "conjugate-gradient iterations for F⁻¹g")
+    cg_damping: float = _field(0.1, "damping added to the Fisher matrix")
+    backtrack_ratio: float = _field(0.8, "trpo line-search step shrink factor")
+    max_backtracks: int = _field(10, "trpo line-search attempts")
+    critic_epochs: int = _field(5, "critic regression epochs per update (npg/trpo)")
+
+    # Host loop.
+    updates_per_chunk: int = _field(
+        0, "updates per compiled chunk between host syncs (0 = automatic)"
+    )
+    eval_episodes: int = _field(128, "episodes per seed for the final evaluation")
+
+
+# Fields copied into Hyperparams (traced scalars that vmap can sweep).
+SWEEPABLE = (
+    "lr",
+    "critic_lr",
+    "gamma",
+    "gae_lambda",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "reward_scale",
+    "max_kl",
+    "cg_damping",
+    "backtrack_ratio",
+)
+
+
+@struct.dataclass
+class Hyperparams:
+    """Numeric hyperparameters as traced float32 scalars (or ``[S]`` when swept)."""
+
+    lr: jax.Array
+    critic_lr: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    max_grad_norm: jax.Array
+    reward_scale: jax.Array
+    max_kl: jax.Array
+    cg_damping: jax.Array
+    backtrack_ratio: jax.Array
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> Hyperparams:
+        return cls(
+            **{
+                name: jnp.asarray(getattr(config, name), jnp.float32)
+                for name in SWEEPABLE
+            }
+        )

@@ -1,0 +1,150 @@
+"""MLP actor and critic networks (flax.linen), with separate parameter pytrees.
+
+The actor's head follows the action space: categorical logits for discrete
+actions, or a Gaussian mean with a learned, state-independent log-std for
+continuous ones. The critic outputs ``V(s)`` (one number) or ``Q(s, ·)`` (one
+number per discrete action).
+
+Initialisation follows common practice for on-policy methods (Andrychowicz et
+al. 2020, https://arxiv.org/abs/2006.05990): orthogonal weights with gain √2 in
+hidden layers, 0.01 for the policy head (near-uniform initial policy), 1 for the
+value head, zero biases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pgjax.distributions import Categorical, DiagGaussian, Distribution
+from pgjax.envs import EnvSpec
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": nn.relu,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+}
+
+
+class MLP(nn.Module):
+    """``Dense → activation`` for each hidden width, then a linear output layer."""
+
+    hidden: Sequence[int]
+    out_dim: int
+    activation: str = "tanh"
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        act = ACTIVATIONS[self.activation]
+        for width in self.hidden:
+            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(2**0.5))(x)
+            x = act(x)
+        return nn.Dense(
+            self.out_dim, kernel_init=nn.initializers.orthogonal(self.out_scale)
+        )(x)
+
+
+class GaussianHead(nn.Module):
+    """MLP mean and a learned log-std vector shared by all states."""
+
+    hidden: Sequence[int]
+    action_dim: int
+    activation: str
+    init_log_std: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        mean = MLP(self.hidden, self.action_dim, self.activation, 0.01)(x)
+        log_std = self.param(
+            "log_std",
+            nn.initializers.constant(self.init_log_std),
+            (self.action_dim,),
+        )
+        return mean, log_std
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A policy network: ``init(key) → params`` and ``apply(params, obs) → dist``.
+
+    ``obs`` is ``[..., *obs_shape]`` (flattened internally); the distribution has
+    batch shape ``[...]``.
+    """
+
+    module: nn.Module
+    discrete: bool
+    obs_shape: tuple[int, ...]
+
+    def init(self, key: Array):
+        obs = jnp.zeros((1, *self.obs_shape), jnp.float32)
+        return self.module.init(key, self._flatten(obs))
+
+    def _flatten(self, obs: Array) -> Array:
+        batch = obs.shape[: obs.ndim - len(self.obs_shape)]
+        return obs.reshape(*batch, -1)
+
+    def apply(self, params, obs: Array) -> Distribution:
+        out = self.module.apply(params, self._flatten(obs))
+        if self.discrete:
+            return Categorical(logits=out)
+        mean, log_std = out
+        return DiagGaussian(mean=mean, log_std=jnp.broadcast_to(log_std, mean.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Critic:
+    """A critic network: ``apply(params, obs)`` gives ``[...]`` for V or
+    ``[..., num_actions]`` for Q."""
+
+    module: nn.Module
+    obs_shape: tuple[int, ...]
+    q_values: bool
+
+    def init(self, key: Array):
+        obs = jnp.zeros((1, math.prod(self.obs_shape)), jnp.float32)
+        return self.module.init(key, obs)
+
+    def apply(self, params, obs: Array) -> Array:
+        batch = obs.shape[: obs.ndim - len(self.obs_shape)]
+        out = self.module.apply(params, obs.reshape(*batch, -1))
+        return out if self.q_values else out[..., 0]
+
+
+def make_policy(
+    spec: EnvSpec,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    init_log_std: float = 0.0,
+) -> Policy:
+    """The actor for ``spec``'s action space."""
+    hidden = tuple(hidden)
+    if spec.discrete:
+        module = MLP(hidden, spec.num_actions, activation, 0.01)
+    else:
+        action_dim = math.prod(spec.action_shape)
+        module = GaussianHead(hidden, action_dim, activation, init_log_std)
+    return Policy(module=module, discrete=spec.discrete, obs_shape=spec.obs_shape)
+
+
+def make_critic(
+    spec: EnvSpec,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    q_values: bool = False,
+) -> Critic:
+    """A state-value critic, or an action-value critic (discrete actions only)."""
+    if q_values and not spec.discrete:
+        raise ValueError("an action-value (Q) critic needs a discrete action space")
+    out_dim = spec.num_actions if q_values else 1
+    module = MLP(tuple(hidden), out_dim, activation, 1.0)
+    return Critic(module=module, obs_shape=spec.obs_shape, q_values=q_values)

@@ -1,0 +1,222 @@
+"""The pure training loop: ``make_train(config)`` → init, one update, chunks, train.
+
+Everything here is jittable and vmappable and does no I/O. One *update* is
+``collect`` (the shared rollout) followed by the algorithm's ``update``. A
+*chunk* is a ``lax.scan`` over ``K`` update slots; a slot does nothing once the
+seed has collected ``total_timesteps`` steps of experience, so every chunk has
+the same shape (one compilation) and the last one simply idles.
+
+Seeds and sweeps are a ``vmap`` over :class:`TrainState` (its hyperparameters
+are traced leaves): see :meth:`Trainer.init_batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from pgjax import algos, envs, rollout
+from pgjax.config import Hyperparams, TrainConfig
+from pgjax.envs import EnvBatchState, EnvSpec
+
+Array = jax.Array
+
+# Largest total_timesteps the int32 experience counter holds.
+MAX_TIMESTEPS = 2**31 - 1
+
+
+@struct.dataclass
+class TrainState:
+    """Everything one seed's training carries from update to update.
+
+    Attributes:
+      agent: the algorithm's parameters and optimiser states.
+      env: the batch of environments (with observation statistics).
+      key: the seed's PRNG key (split once per update).
+      update: int32 number of updates done.
+      experience: int32 environment steps of experience collected.
+      hyper: traced numeric hyperparameters.
+    """
+
+    agent: Any
+    env: EnvBatchState
+    key: Array
+    update: Array
+    experience: Array
+    hyper: Hyperparams
+
+
+BASE_METRICS = ("env_steps", "episode_return", "episode_length", "episodes")
+
+
+def episode_metrics(batch: rollout.Transition) -> dict[str, Array]:
+    """Return and length of the episodes that ended in ``batch`` (NaN if none)."""
+    ended = batch.done & batch.valid
+    count = jnp.sum(ended)
+    safe = jnp.maximum(count, 1)
+    nan = jnp.asarray(jnp.nan, jnp.float32)
+    mean_return = jnp.sum(jnp.where(ended, batch.completed_return, 0.0)) / safe
+    mean_length = jnp.sum(jnp.where(ended, batch.completed_length, 0)) / safe
+    return {
+        "env_steps": jnp.sum(batch.valid, dtype=jnp.int32),
+        "episode_return": jnp.where(count > 0, mean_return, nan),
+        "episode_length": jnp.where(count > 0, mean_length.astype(jnp.float32), nan),
+        "episodes": count.astype(jnp.int32),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Pure training functions for one config (see :func:`make_train`)."""
+
+    config: TrainConfig
+    spec: EnvSpec
+    algorithm: algos.Algorithm
+    updates_per_chunk: int
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return BASE_METRICS + self.algorithm.metric_names
+
+    def init(self, key: Array, hyper: Hyperparams | None = None) -> TrainState:
+        """Initial state of one seed."""
+        if hyper is None:
+            hyper = Hyperparams.from_config(self.config)
+        agent_key, env_key, loop_key = jax.random.split(key, 3)
+        return TrainState(
+            agent=self.algorithm.init(agent_key, hyper),
+            env=envs.reset(self.spec, env_key, self.config.num_envs),
+            key=loop_key,
+            update=jnp.asarray(0, jnp.int32),
+            experience=jnp.asarray(0, jnp.int32),
+            hyper=hyper,
+        )
+
+    def init_batch(self, keys: Array, hyper: Hyperparams | None = None) -> TrainState:
+        """States of several seeds ``[S]``; ``hyper`` leaves may be ``[S]`` too."""
+        if hyper is None:
+            hyper = Hyperparams.from_config(self.config)
+        in_axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hyper)
+        return jax.vmap(self.init, in_axes=(0, in_axes))(keys, hyper)
+
+    def done(self, state: TrainState) -> Array:
+        """Whether the seed has collected its ``total_timesteps``."""
+        return state.experience >= self.config.total_timesteps
+
+    def update(self, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        """One rollout and one learning step."""
+        key, collect_key, update_key = jax.random.split(state.key, 3)
+        progress = jnp.clip(
+            state.experience.astype(jnp.float32) / self.config.total_timesteps, 0, 1
+        )
+        env_state, batch, _ = self.algorithm.collect(
+            state.agent, state.env, collect_key, state.hyper
+        )
+        agent, metrics = self.algorithm.update(
+            state.agent, batch, update_key, state.hyper, progress
+        )
+        metrics = {**episode_metrics(batch), **metrics}
+        state = TrainState(
+            agent=agent,
+            env=env_state,
+            key=key,
+            update=state.update + 1,
+            experience=state.experience + metrics["env_steps"],
+            hyper=state.hyper,
+        )
+        return state, metrics
+
+    def train_chunk(self, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        """``updates_per_chunk`` update slots; idle once the seed is done.
+
+        Returns the new state and metrics stacked ``[K]``, with ``active`` marking
+        the slots that ran an update.
+        """
+
+        def slot(state: TrainState, _):
+            active = ~self.done(state)
+            new_state, metrics = self.update(state)
+            state = jax.tree.map(
+                lambda new, old: jnp.where(active, new, old), new_state, state
+            )
+            return state, {**metrics, "active": active}
+
+        return jax.lax.scan(slot, state, None, length=self.updates_per_chunk)
+
+    def train(self, key: Array, hyper: Hyperparams | None = None) -> TrainState:
+        """Trains one seed to ``total_timesteps`` in one compiled loop.
+
+        For library use (``jax.jit(jax.vmap(trainer.train))(keys)``); the CLI uses
+        :meth:`train_chunk` to report progress between chunks.
+        """
+        state = self.init(key, hyper)
+        return jax.lax.while_loop(
+            lambda s: ~self.done(s), lambda s: self.update(s)[0], state
+        )
+
+    def evaluate(
+        self,
+        state: TrainState,
+        key: Array,
+        num_episodes: int,
+        deterministic: bool = True,
+    ) -> Array:
+        """Undiscounted returns ``[num_episodes]`` of fresh episodes.
+
+        Uses the mode action when ``deterministic``; observations are normalised
+        with the seed's statistics (frozen).
+        """
+        agent = state.agent
+
+        def act_fn(obs, act_key):
+            action = self.algorithm.act(agent, obs, act_key, deterministic)
+            return action, jnp.zeros(obs.shape[0], jnp.float32)
+
+        env_key, run_key = jax.random.split(key)
+        env_state = envs.reset(self.spec, env_key, num_episodes)
+        env_state = env_state.replace(obs_norm=state.env.obs_norm)
+        _, batch, _ = rollout.collect_episodes(
+            self.spec, act_fn, env_state, run_key, self.config.normalize_obs
+        )
+        return jnp.sum(jnp.where(batch.valid, batch.reward, 0.0), axis=0)
+
+
+def default_updates_per_chunk(config: TrainConfig) -> int:
+    """About 20 host syncs over a run, between 1 and 100 updates each."""
+    if config.updates_per_chunk > 0:
+        return config.updates_per_chunk
+    steps_per_update = config.num_envs * (
+        config.num_steps if config.algo != "reinforce" else 100
+    )
+    updates = max(1, config.total_timesteps // steps_per_update)
+    return int(min(100, max(1, updates // 20)))
+
+
+def make_train(config: TrainConfig) -> Trainer:
+    """Builds the pure training functions for ``config``.
+
+    Raises:
+      ValueError: for an unknown environment or algorithm, or settings that do
+        not fit together (the message names the setting).
+    """
+    spec = envs.make_env(config.env)
+    algorithm = algos.make_algorithm(config, spec)
+    return Trainer(
+        config=config,
+        spec=spec,
+        algorithm=algorithm,
+        updates_per_chunk=default_updates_per_chunk(config),
+    )
+
+
+__all__ = [
+    "BASE_METRICS",
+    "TrainState",
+    "Trainer",
+    "episode_metrics",
+    "make_train",
+]
