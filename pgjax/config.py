@@ -11,6 +11,7 @@ Fields split in two kinds (DESIGN.md, "Conventions"):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -39,14 +40,18 @@ class TrainConfig:
     num_seeds: int = _field(1, "independent seeds trained together by vmap")
 
     # Optimisation (traced: sweepable).
-    lr: float = _field(3e-4, "learning rate (Adam) of the actor, and critic for a2c")
-    critic_lr: float = _field(1e-3, "critic learning rate (reinforce, npg, trpo)")
+    lr: float = _field(3e-4, "actor learning rate (Adam)")
+    critic_lr: float = _field(1e-3, "critic learning rate (Adam)")
     gamma: float = _field(0.99, "discount factor γ in (0, 1]")
     gae_lambda: float = _field(0.95, "GAE λ in [0, 1]: 0 = TD error, 1 = MC return")
     ent_coef: float = _field(0.0, "entropy bonus coefficient")
     vf_coef: float = _field(0.5, "value-loss coefficient (a2c)")
     max_grad_norm: float = _field(0.5, "global gradient-norm clip")
     reward_scale: float = _field(1.0, "rewards are multiplied by this for learning")
+    target_kl: float = _field(
+        0.0,
+        "adapt the actor learning rate so each update's KL stays near this (0 = off)",
+    )
     anneal_lr: bool = _field(True, "decay learning rates linearly to 0 over training")
     normalize_advantages: bool = _field(
         True, "standardise advantages per batch (mean 0, std 1)"
@@ -83,6 +88,9 @@ class TrainConfig:
     updates_per_chunk: int = _field(
         0, "updates per compiled chunk between host syncs (0 = automatic)"
     )
+    kl_envs: int = _field(
+        512, "envs whose observations estimate each update's KL (metrics, target-kl)"
+    )
     eval_episodes: int = _field(128, "episodes per seed for the final evaluation")
 
 
@@ -96,6 +104,7 @@ SWEEPABLE = (
     "vf_coef",
     "max_grad_norm",
     "reward_scale",
+    "target_kl",
     "max_kl",
     "cg_damping",
     "backtrack_ratio",
@@ -114,6 +123,7 @@ class Hyperparams:
     vf_coef: jax.Array
     max_grad_norm: jax.Array
     reward_scale: jax.Array
+    target_kl: jax.Array
     max_kl: jax.Array
     cg_damping: jax.Array
     backtrack_ratio: jax.Array
@@ -126,3 +136,80 @@ class Hyperparams:
                 for name in SWEEPABLE
             }
         )
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; ``flag`` names it as on the command line."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+def flag_name(field_name: str) -> str:
+    """``num_envs`` → ``--num-envs``."""
+    return "--" + field_name.replace("_", "-")
+
+
+_CHOICES = {
+    "returns": ("total", "reward-to-go"),
+    "baseline": ("none", "mean", "value"),
+    "critic": ("v", "q"),
+    "activation": ("tanh", "relu", "elu", "gelu", "silu"),
+}
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks every setting that can be checked without building anything.
+
+    Raises:
+      ConfigError: naming the first invalid flag.
+    """
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            value = getattr(config, name)
+            raise ConfigError(flag_name(name), f"must be {what}, got {value!r}")
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    for name in (
+        "num_envs",
+        "num_steps",
+        "num_seeds",
+        "cg_iters",
+        "eval_episodes",
+        "kl_envs",
+    ):
+        need(getattr(config, name) > 0, name, "a positive integer")
+    need(
+        0 < config.total_timesteps <= 2**31 - 1,
+        "total_timesteps",
+        "a positive integer below 2**31",
+    )
+    need(config.seed >= 0, "seed", "a non-negative integer")
+    need(config.updates_per_chunk >= 0, "updates_per_chunk", ">= 0 (0 = automatic)")
+    need(config.max_backtracks > 0, "max_backtracks", "a positive integer")
+    need(config.critic_epochs > 0, "critic_epochs", "a positive integer")
+    for name in SWEEPABLE:
+        need(finite(getattr(config, name)), name, "a finite number")
+    need(config.lr > 0, "lr", "> 0")
+    need(config.critic_lr > 0, "critic_lr", "> 0")
+    need(0 < config.gamma <= 1, "gamma", "in (0, 1]")
+    need(0 <= config.gae_lambda <= 1, "gae_lambda", "in [0, 1]")
+    need(config.ent_coef >= 0, "ent_coef", ">= 0")
+    need(config.vf_coef >= 0, "vf_coef", ">= 0")
+    need(config.max_grad_norm > 0, "max_grad_norm", "> 0")
+    need(config.reward_scale > 0, "reward_scale", "> 0")
+    need(config.target_kl >= 0, "target_kl", ">= 0 (0 = off)")
+    need(config.max_kl > 0, "max_kl", "> 0")
+    need(config.cg_damping >= 0, "cg_damping", ">= 0")
+    need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
+    need(
+        len(config.hidden) > 0 and all(w > 0 for w in config.hidden),
+        "hidden",
+        "one or more positive widths, e.g. 64,64",
+    )
+    for name, choices in _CHOICES.items():
+        need(getattr(config, name) in choices, name, "one of " + ", ".join(choices))

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import spaces
 
+from pgjax import probes  # noqa: F401  (registers the probe environments)
+
 Array = jax.Array
 
 

@@ -188,8 +188,7 @@ def lambda_returns(
     :func:`gae_advantages`; returns ``[T, ...]``.
     """
     return (
-        gae_advantages(rewards, values, next_values, discounts, dones, lambda_)
-        + values
+        gae_advantages(rewards, values, next_values, discounts, dones, lambda_) + values
     )
 
 

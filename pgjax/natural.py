@@ -73,11 +73,6 @@ def _axpy(alpha: Array, x: PyTree, y: PyTree) -> PyTree:
     return jax.tree.map(lambda xi, yi: (yi + alpha * xi).astype(yi.dtype), x, y)
 
 
-def _scale(alpha: Array, x: PyTree) -> PyTree:
-    """``α·x`` leaf by leaf, in the dtypes of ``x``."""
-    return jax.tree.map(lambda xi: (alpha * xi).astype(xi.dtype), x)
-
-
 def _all_finite(tree: PyTree) -> Array:
     """``True`` when every entry of every leaf is finite (an empty tree is)."""
     leaves = jax.tree.leaves(tree)
@@ -104,8 +99,8 @@ class CGResult:
         the recursively updated residual ``r_k`` (equal to ``b − A·x_k`` in exact
         arithmetic; no extra product with ``A`` is spent on it).
       iterations: int32 scalar, the number of CG updates applied to ``x`` (at most
-        ``iters``; fewer when the residual fell below the tolerance or the
-        curvature ``pᵀAp`` stopped being positive and finite).
+        ``iters``; fewer when the residual fell below the tolerance or an update
+        broke down: ``pᵀAp ≤ 0`` or a non-finite value).
     """
 
     x: PyTree
@@ -132,10 +127,11 @@ def conjugate_gradient(
 
     It stops after ``iters`` updates, as soon as ``‖r‖² < tol``, or when the step
     would be ill-defined: ``p_kᵀA p_k ≤ 0`` (``A`` not positive definite along
-    ``p_k``) or a non-finite value. In the last case the iterate of the previous
-    step is kept, so a zero or indefinite operator gives ``x = 0`` and a NaN right
-    side gives ``x = 0`` with a NaN residual norm (callers check
-    :attr:`CGResult.x` and its curvature, as :func:`natural_gradient_step` does).
+    ``p_k``), or a non-finite ``p_kᵀA p_k``, ``‖r_{k+1}‖²`` or ``x_{k+1}`` (e.g. an
+    overflow). In those cases the previous iterate is kept, so ``x`` is always
+    finite: a zero or indefinite operator gives ``x = 0``, and a NaN right side
+    gives ``x = 0`` with a NaN residual norm (callers check the curvature of ``x``,
+    as :func:`natural_gradient_step` does).
     In exact arithmetic CG on an ``n``-dimensional SPD system converges in at most
     ``n`` steps; with ``k`` distinct eigenvalues, in ``k``.
 
@@ -154,6 +150,7 @@ def conjugate_gradient(
     """
     if not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be a non-negative int, got {iters!r}")
+    b = jax.tree.map(jnp.asarray, b)
     x0 = otu.tree_zeros_like(b)
     rs0 = _vdot(b, b)
     tol = jnp.asarray(tol, dtype=rs0.dtype)
@@ -172,7 +169,7 @@ def conjugate_gradient(
         x_new = _axpy(alpha, p, x)
         r_new = _axpy(-alpha, ap, r)
         rs_new = _vdot(r_new, r_new)
-        ok = jnp.logical_and(curvature_ok, jnp.isfinite(rs_new))
+        ok = curvature_ok & jnp.isfinite(rs_new) & _all_finite(x_new)
         beta = jnp.where(ok, rs_new / jnp.where(ok, rs, 1.0), 0.0)
         p_new = _axpy(beta, p, r_new)
         # On a breakdown keep the previous iterate and residual, and stop.
@@ -218,9 +215,11 @@ def fisher_vector_product(
     forward/backward passes and without forming ``F``. The gradient is linearised
     once with :func:`jax.linearize`: the primal work (the forward and backward pass
     of ``K`` at ``params``) is done here, and each product (one per CG iteration)
-    only runs the linear tangent computation on the stored residuals. On a small
-    MLP policy this made ten products about 1.5× faster than ten ``jax.jvp`` calls,
-    at the memory cost of one backward pass's activations.
+    only runs the linear tangent computation on the stored residuals, which cost
+    the memory of one backward pass's activations. Measured on a 64- or 256-wide
+    two-layer tanh MLP, 4k–64k states, 10 CG iterations: 13–17% faster than calling
+    ``jax.jvp`` per product on an H100; equal on CPU, where XLA hoists the
+    loop-invariant primal out of the CG loop by itself.
 
     Damping ``λ ≥ 0`` (Levenberg–Marquardt style) keeps the operator positive
     definite where the sampled Fisher is singular (more parameters than states, or
@@ -412,6 +411,7 @@ def backtracking_line_search(
         raise ValueError(
             f"max_backtracks must be a non-negative int, got {max_backtracks!r}"
         )
+    params = jax.tree.map(jnp.asarray, params)
     f0 = jnp.asarray(objective_fn(params))
     dtype = f0.dtype
     max_kl = jnp.asarray(max_kl, dtype)

@@ -12,7 +12,8 @@ is weighted by ``Q(s, a) − Σ_a π(a|s)·Q(s, a)``, the advantage with the
 action-independent baseline ``V = E_π[Q]``. Discrete actions only.
 
 Both minimise ``L = L_π + c_v·L_V − c_H·H[π]`` with one Adam step per rollout on
-each network, gradients clipped to a global norm. Mnih et al. 2016,
+each network (``--lr`` for the actor, ``--critic-lr`` for the critic), each
+network's gradient clipped to ``--max-grad-norm`` on its own. Mnih et al. 2016,
 https://arxiv.org/abs/1602.01783.
 """
 
@@ -26,7 +27,15 @@ from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
 
-METRICS = ("policy_loss", "value_loss", "entropy", "grad_norm", "learning_rate")
+METRICS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "grad_norm",
+    "critic_grad_norm",
+    "learning_rate",
+    "kl",
+)
 
 
 def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
@@ -113,16 +122,37 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         del key
         params = {"actor": agent.actor, "critic": agent.critic}
         grads, metrics = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
-        grads, grad_norm = base.clip_by_global_norm(grads, hyper.max_grad_norm)
-        lr = base.learning_rate(hyper.lr, progress, config.anneal_lr)
-        actor, actor_opt = base.adam_step(
-            agent.actor, agent.actor_opt, grads["actor"], lr
+        # Each network is clipped on its own: early on the critic's large
+        # regression errors would otherwise throttle the actor's gradient.
+        actor_grads, grad_norm = base.clip_by_global_norm(
+            grads["actor"], hyper.max_grad_norm
         )
+        critic_grads, critic_grad_norm = base.clip_by_global_norm(
+            grads["critic"], hyper.max_grad_norm
+        )
+        lr = base.learning_rate(hyper.lr, progress, config.anneal_lr) * agent.lr_scale
+        critic_lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
+        actor, actor_opt = base.adam_step(agent.actor, agent.actor_opt, actor_grads, lr)
         critic_params, critic_opt = base.adam_step(
-            agent.critic, agent.critic_opt, grads["critic"], lr
+            agent.critic, agent.critic_opt, critic_grads, critic_lr
         )
-        agent = base.ActorCriticState(actor, critic_params, actor_opt, critic_opt)
-        return agent, {**metrics, "grad_norm": grad_norm, "learning_rate": lr}
+        # KL of this update on a slice of the envs (plenty for a mean estimate).
+        kl_obs = batch.obs[:, : config.kl_envs]
+        kl = base.mean_kl(policy, agent.actor, actor, kl_obs)
+        agent = base.ActorCriticState(
+            actor,
+            critic_params,
+            actor_opt,
+            critic_opt,
+            base.adapt_lr_scale(agent.lr_scale, kl, hyper.target_kl),
+        )
+        return agent, {
+            **metrics,
+            "grad_norm": grad_norm,
+            "critic_grad_norm": critic_grad_norm,
+            "learning_rate": lr,
+            "kl": kl,
+        }
 
     return base.Algorithm(
         name="a2c",

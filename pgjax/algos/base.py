@@ -51,6 +51,7 @@ class ActorCriticState:
     critic: Any
     actor_opt: Any
     critic_opt: Any
+    lr_scale: jax.Array = struct.field(default_factory=lambda: jnp.ones(()))
 
 
 ADAM = optax.scale_by_adam(eps=1e-5)
@@ -76,6 +77,27 @@ def clip_by_global_norm(grads, max_norm: Array) -> tuple[Any, Array]:
 def learning_rate(lr: Array, progress: Array, anneal: bool) -> Array:
     """``lr·(1 − progress)`` when annealing, else ``lr``."""
     return lr * (1.0 - progress) if anneal else lr
+
+
+def adapt_lr_scale(scale: Array, kl: Array, target_kl: Array) -> Array:
+    """KL-adaptive step size: keeps each update's KL(old‖new) near ``target_kl``.
+
+    ``scale / 1.5`` when ``kl > 2·target``, ``scale · 1.5`` when
+    ``kl < target / 2``, unchanged otherwise, kept in ``[1e-3, 10]``;
+    ``target_kl = 0`` turns it off. A first-order cousin of the trust region of
+    TRPO (Schulman et al. 2015; the same rule as Schulman et al. 2017's adaptive
+    KL penalty, applied to the learning rate as in rsl_rl and Brax).
+    """
+    adapted = jnp.where(kl > 2.0 * target_kl, scale / 1.5, scale)
+    adapted = jnp.where(kl < 0.5 * target_kl, adapted * 1.5, adapted)
+    return jnp.where(target_kl > 0, jnp.clip(adapted, 1e-3, 10.0), scale)
+
+
+def mean_kl(policy: Policy, old_params, new_params, obs: Array) -> Array:
+    """``mean_s KL(π_old(·|s) ‖ π_new(·|s))`` over a batch of observations."""
+    old = policy.apply(old_params, obs)
+    new = policy.apply(new_params, obs)
+    return jnp.mean(old.kl(new))
 
 
 def make_networks(

@@ -1,0 +1,392 @@
+"""Measure pgjax's speed in one process: ceiling, algorithms, reference, scaling.
+
+  python scripts/benchmark.py --env CartPole-v1 --algos a2c,reinforce --out bench/
+
+Everything is measured back to back in one process, so figures can be read as
+ratios against the reference (a minimal hand-written JAX A2C, see
+scripts/reference_a2c.py) and the random-action ceiling, which cancels most of
+the noise of a shared machine. Each timing is the median of ``--repeats`` runs
+of a compiled chunk of ``--updates`` updates; compile time is measured
+separately (ahead-of-time ``lower().compile()``).
+
+Sections (each can be skipped):
+  ceiling      env steps/s with random actions at --num-envs
+  algorithms   training steps/s, compile s, memory, rollout vs learning split
+  scaling      steps/s against num_envs (64 ... 65536) and against --num-seeds
+  solve        wall seconds (compile included) to the solved threshold, median
+               over seeds, by running scripts/train.py as a user would
+
+Writes benchmark.json and benchmark.png (steps/s against num_envs, a line per
+algorithm and the ceiling) to --out. Runs unchanged on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pgjax import envs, presets  # noqa: E402
+from pgjax.config import TrainConfig  # noqa: E402
+from pgjax.train import make_train  # noqa: E402
+
+SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
+
+
+def median_time(fn, *args, repeats: int) -> float:
+    """Median wall seconds of ``fn(*args)`` (outputs blocked on), after a warm-up."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compiled(fn, *args):
+    """``(executable, compile_seconds)`` of ``jax.jit(fn)`` for these arguments."""
+    start = time.perf_counter()
+    executable = jax.jit(fn).lower(*args).compile()
+    return executable, time.perf_counter() - start
+
+
+def memory_bytes(executable) -> int | None:
+    """Arguments + outputs + temporaries of a compiled program (XLA's analysis)."""
+    try:
+        analysis = executable.memory_analysis()
+        return int(
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes
+        )
+    except Exception:  # not every backend reports it
+        return None
+
+
+def config_for(algo: str, env: str, num_envs: int, num_steps: int | None, **kw):
+    settings = {**presets.preset(algo, env), "algo": algo, "env": env, **kw}
+    settings["num_envs"] = num_envs
+    if num_steps is not None:
+        settings["num_steps"] = num_steps
+    settings["total_timesteps"] = 2**31 - 1  # never done while benchmarking
+    return dataclasses.replace(TrainConfig(), **settings)
+
+
+def bench_ceiling(env_id: str, num_envs: int, num_steps: int, repeats: int) -> dict:
+    """Env steps/s with uniformly random actions (no network at all)."""
+    spec = envs.make_env(env_id)
+
+    def run(key):
+        state = envs.reset(spec, key, num_envs)
+        space = spec.env.action_space(spec.params)
+
+        def step(state, key):
+            act_key, env_key = jax.random.split(key)
+            actions = jax.vmap(space.sample)(jax.random.split(act_key, num_envs))
+            state, result = envs.step(spec, state, actions, env_key)
+            return state, result.reward.sum()
+
+        return jax.lax.scan(step, state, jax.random.split(key, num_steps))[1].sum()
+
+    key = jax.random.PRNGKey(0)
+    executable, compile_s = compiled(run, key)
+    seconds = median_time(executable, key, repeats=repeats)
+    return {
+        "steps_per_second": num_envs * num_steps / seconds,
+        "compile_seconds": compile_s,
+    }
+
+
+def bench_reference(
+    env_id: str, num_envs: int, num_steps: int, updates: int, repeats: int
+) -> dict:
+    from reference_a2c import make_reference_a2c
+
+    init, chunk = make_reference_a2c(env_id, num_envs, num_steps)
+    state = jax.jit(init)(jax.random.PRNGKey(0))
+    executable, compile_s = compiled(lambda s: chunk(s, updates), state)
+    seconds = median_time(executable, state, repeats=repeats)
+    return {
+        "steps_per_second": num_envs * num_steps * updates / seconds,
+        "compile_seconds": compile_s,
+        "memory_bytes": memory_bytes(executable),
+    }
+
+
+def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
+    """Training steps/s of ``updates`` updates, compile time, memory, phase split."""
+    trainer = make_train(dataclasses.replace(config, updates_per_chunk=updates))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
+    state = jax.jit(trainer.init_batch)(keys)
+    chunk = jax.vmap(trainer.train_chunk)
+    executable, compile_s = compiled(chunk, state)
+    # Steps per chunk vary for episodic algorithms: count them from the metrics.
+    _, metrics = executable(state)
+    steps = int(np.sum(jax.device_get(metrics["env_steps"])))
+    seconds = median_time(executable, state, repeats=repeats)
+
+    # Phase split: the rollout alone, and the learning step alone on a fixed batch.
+    single = jax.tree.map(lambda x: x[0], state)
+    algo, hyper = trainer.algorithm, single.hyper
+
+    def collect(state):
+        def body(carry, key):
+            env_state, batch, _ = algo.collect(state.agent, carry, key, hyper)
+            return env_state, jnp.sum(batch.reward)
+
+        return jax.lax.scan(body, state.env, jax.random.split(state.key, updates))
+
+    env_state, batch, _ = jax.jit(algo.collect)(
+        single.agent, single.env, single.key, hyper
+    )
+
+    def learn(state, batch):
+        def body(agent, key):
+            agent, metrics = algo.update(agent, batch, key, hyper, 0.0)
+            return agent, metrics["policy_loss"]
+
+        return jax.lax.scan(body, state.agent, jax.random.split(state.key, updates))
+
+    collect_exec, _ = compiled(collect, single)
+    learn_exec, _ = compiled(learn, single, batch)
+    rollout_s = median_time(collect_exec, single, repeats=repeats)
+    learn_s = median_time(learn_exec, single, batch, repeats=repeats)
+    return {
+        "num_envs": config.num_envs,
+        "num_steps": config.num_steps,
+        "num_seeds": config.num_seeds,
+        "steps_per_second": steps / seconds,
+        "compile_seconds": compile_s,
+        "memory_bytes": memory_bytes(executable),
+        "seconds_per_update": seconds / updates,
+        "rollout_seconds_per_update": rollout_s / updates,
+        "learn_seconds_per_update": learn_s / updates,
+        "rollout_fraction": rollout_s / (rollout_s + learn_s),
+    }
+
+
+def bench_solve(algo: str, env: str, seeds: list[int], extra: list[str]) -> dict:
+    """Runs scripts/train.py per seed; seconds to the threshold from metrics.csv."""
+    threshold = SOLVED[env]
+    script = Path(__file__).resolve().parent / "train.py"
+    results = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "run"
+            command = [sys.executable, str(script), "--algo", algo, "--env", env]
+            command += ["--seed", str(seed), "--run-dir", str(run_dir)]
+            command += ["--no-progress", *extra]
+            start = time.time()
+            proc = subprocess.run(command, capture_output=True, text=True)
+            wall = time.time() - start
+            if proc.returncode != 0:
+                results.append({"seed": seed, "error": proc.stderr.strip()[-500:]})
+                continue
+            summary = json.loads((run_dir / "summary.json").read_text())
+            first = None
+            import csv
+
+            with open(run_dir / "metrics.csv") as f:
+                for row in csv.DictReader(f):
+                    value = row["episode_return"]
+                    if value and float(value) >= threshold:
+                        first = float(row["wall_time"])
+                        break
+            results.append(
+                {
+                    "seed": seed,
+                    "seconds_to_threshold": first,
+                    "eval_return": summary["eval_return"],
+                    "wall_seconds": wall,
+                    "compile_seconds": summary["compile_seconds"],
+                    "steps_per_second": summary["steps_per_second"],
+                }
+            )
+    times = [r.get("seconds_to_threshold") for r in results]
+    reached = [t for t in times if t is not None]
+    return {
+        "threshold": threshold,
+        "runs": results,
+        "median_seconds_to_threshold": statistics.median(reached)
+        if len(reached) == len(seeds)
+        else None,
+        "solved_eval_seeds": sum(
+            r.get("eval_return", -np.inf) >= threshold for r in results
+        ),
+    }
+
+
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    scaling = report.get("scaling_envs", {})
+    for name, rows in scaling.items():
+        xs = [r["num_envs"] for r in rows]
+        ys = [r["steps_per_second"] for r in rows]
+        style = "k--" if name == "ceiling" else "-o"
+        ax.plot(xs, ys, style, label=name, markersize=3)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("num_envs")
+    ax.set_ylabel("training env steps / s")
+    ax.set_title(f"{report['env']} on {report['device']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--algos", default="a2c,reinforce")
+    parser.add_argument("--num-envs", type=int, default=4096)
+    parser.add_argument("--num-steps", type=int, default=16)
+    parser.add_argument("--updates", type=int, default=10, help="updates per chunk")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--scaling-envs",
+        default="64,256,1024,4096,16384,65536",
+        help="num_envs values of the scaling sweep (empty to skip)",
+    )
+    parser.add_argument("--scaling-seeds", default="1,2,4,8")
+    parser.add_argument("--solve-seeds", default="0,1,2,3,4")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of sections to skip: ceiling, "
+        "reference, algorithms, scaling, solve",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    algos = [a for a in args.algos.split(",") if a]
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    report: dict = {
+        "env": args.env,
+        "device": f"{device.platform}:{device.device_kind}",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "num_envs": args.num_envs,
+        "num_steps": args.num_steps,
+        "updates_per_chunk": args.updates,
+        "repeats": args.repeats,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+    def log(message):
+        print(message, flush=True)
+
+    def save():
+        (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
+
+    if "ceiling" not in skip:
+        report["ceiling"] = bench_ceiling(
+            args.env, args.num_envs, args.num_steps * args.updates, args.repeats
+        )
+        log(f"ceiling: {report['ceiling']['steps_per_second']:,.0f} steps/s")
+    if "reference" not in skip:
+        report["reference_a2c"] = bench_reference(
+            args.env, args.num_envs, args.num_steps, args.updates, args.repeats
+        )
+        log(
+            f"reference a2c: {report['reference_a2c']['steps_per_second']:,.0f} steps/s"
+        )
+    save()
+    if "algorithms" not in skip:
+        report["algorithms"] = {}
+        for algo in algos:
+            # Same workload as the reference: num_envs x num_steps.
+            config = config_for(algo, args.env, args.num_envs, args.num_steps)
+            result = bench_algorithm(config, args.updates, args.repeats)
+            # And the preset's own shape, which is what users run.
+            preset_config = config_for(algo, args.env, args.num_envs, None)
+            if preset_config.num_steps != config.num_steps and algo != "reinforce":
+                result["preset"] = bench_algorithm(
+                    preset_config, args.updates, args.repeats
+                )
+            if "reference_a2c" in report:
+                ref = report["reference_a2c"]["steps_per_second"]
+                result["ratio_to_reference"] = result["steps_per_second"] / ref
+            report["algorithms"][algo] = result
+            log(
+                f"{algo}: {result['steps_per_second']:,.0f} steps/s, compile "
+                f"{result['compile_seconds']:.2f}s, rollout "
+                f"{result['rollout_fraction']:.0%} of an update"
+                + (
+                    f", {result['ratio_to_reference']:.2f}x reference"
+                    if "ratio_to_reference" in result
+                    else ""
+                )
+            )
+            save()
+    if "scaling" not in skip and args.scaling_envs:
+        sizes = [int(x) for x in args.scaling_envs.split(",") if x]
+        report["scaling_envs"] = {"ceiling": []}
+        for n in sizes:
+            ceiling = bench_ceiling(args.env, n, args.num_steps * args.updates, 3)
+            report["scaling_envs"]["ceiling"].append({"num_envs": n, **ceiling})
+            log(f"ceiling @ {n}: {ceiling['steps_per_second']:,.0f}")
+        for algo in algos:
+            rows = []
+            for n in sizes:
+                config = config_for(algo, args.env, n, args.num_steps)
+                rows.append(bench_algorithm(config, args.updates, 3))
+                log(f"{algo} @ {n}: {rows[-1]['steps_per_second']:,.0f}")
+            report["scaling_envs"][algo] = rows
+            save()
+        report["scaling_seeds"] = {}
+        for algo in algos:
+            rows = []
+            for s in [int(x) for x in args.scaling_seeds.split(",") if x]:
+                config = config_for(
+                    algo, args.env, args.num_envs, args.num_steps, num_seeds=s
+                )
+                rows.append(bench_algorithm(config, args.updates, 3))
+                log(f"{algo} x {s} seeds: {rows[-1]['steps_per_second']:,.0f}")
+            report["scaling_seeds"][algo] = rows
+            save()
+        plot(report, args.out / "benchmark.png")
+    if "solve" not in skip and args.env in SOLVED:
+        seeds = [int(x) for x in args.solve_seeds.split(",") if x]
+        report["solve"] = {}
+        for algo in algos:
+            result = bench_solve(algo, args.env, seeds, [])
+            report["solve"][algo] = result
+            log(
+                f"{algo} time to {result['threshold']}: median "
+                f"{result['median_seconds_to_threshold']} s; eval solved "
+                f"{result['solved_eval_seeds']}/{len(seeds)} seeds"
+            )
+            save()
+    save()
+    log(f"wrote {args.out / 'benchmark.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

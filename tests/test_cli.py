@@ -1,0 +1,302 @@
+"""Tests of the command line: smoke runs in a subprocess and bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgjax import cli, presets
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "train.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=300,
+    )
+
+
+def read_metrics(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+# ------------------------------------------------------------------ smoke runs
+
+
+@pytest.fixture(scope="module")
+def a2c_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    run_dir = tmp_path_factory.mktemp("cli") / "a2c-run"
+    proc = run_script(
+        "--algo",
+        "a2c",
+        "--env",
+        "CartPole-v1",
+        "--num-envs",
+        "64",
+        "--num-steps",
+        "8",
+        "--total-timesteps",
+        "5000",
+        "--num-seeds",
+        "2",
+        "--lr",
+        "0.001",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    )
+    return proc, run_dir
+
+
+def test_a2c_smoke_run_succeeds(a2c_run):
+    proc, run_dir = a2c_run
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(run_dir) in proc.stdout
+    for name in ("config.json", "metrics.csv", "summary.json", "learning_curve.png"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_a2c_smoke_config_resolution(a2c_run):
+    _, run_dir = a2c_run
+    config = json.loads((run_dir / "config.json").read_text())
+    # Flags given by the user win over the preset...
+    assert config["algo"] == "a2c" and config["env"] == "CartPole-v1"
+    assert config["lr"] == 0.001
+    assert config["num_envs"] == 64
+    assert config["num_steps"] == 8
+    assert config["total_timesteps"] == 5000
+    assert config["num_seeds"] == 2
+    # ...and the preset fills in what the user did not give.
+    given = {"lr", "num_envs", "num_steps", "total_timesteps", "num_seeds"}
+    preset = presets.preset("a2c", "CartPole-v1")
+    for name, value in preset.items():
+        if name not in given:
+            expected = list(value) if isinstance(value, tuple) else value
+            assert config[name] == expected, name
+    # Every TrainConfig field is recorded.
+    from pgjax.config import TrainConfig
+
+    assert set(TrainConfig.__dataclass_fields__) <= set(config)
+
+
+def test_a2c_smoke_metrics_csv(a2c_run):
+    _, run_dir = a2c_run
+    columns, rows = read_metrics(run_dir / "metrics.csv")
+    for column in (
+        "seed",
+        "update",
+        "step",
+        "wall_time",
+        "episode_return",
+        "episode_length",
+        "policy_loss",
+        "value_loss",
+    ):
+        assert column in columns, column
+    updates = -(-5000 // (64 * 8))  # ceil: 10 updates of 512 steps
+    assert len(rows) == 2 * updates  # one row per seed per update
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for seed in ("0", "1"):
+        mine = [r for r in rows if r["seed"] == seed]
+        assert [int(r["update"]) for r in mine] == list(range(1, updates + 1))
+        steps = [int(r["step"]) for r in mine]
+        assert steps == [512 * (i + 1) for i in range(updates)]
+        walls = [float(r["wall_time"]) for r in mine]
+        assert walls == sorted(walls)
+        # wall_time counts from process start, so compilation is included.
+        assert walls[0] >= summary["compile_seconds"]
+        for r in mine:
+            float(r["policy_loss"])  # a number in every row
+            float(r["value_loss"])
+
+
+def test_a2c_smoke_summary(a2c_run):
+    _, run_dir = a2c_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in (
+        "final_return",
+        "eval_return",
+        "eval_return_per_seed",
+        "steps_per_second",
+        "compile_seconds",
+        "wall_seconds",
+        "total_timesteps",
+    ):
+        assert key in summary, key
+    assert len(summary["eval_return_per_seed"]) == 2
+    assert summary["eval_return"] == pytest.approx(
+        sum(summary["eval_return_per_seed"]) / 2
+    )
+    assert summary["total_timesteps"] >= 5000
+    assert summary["steps_per_second"] > 0
+    assert 0 < summary["compile_seconds"] < summary["wall_seconds"]
+    assert summary["eval_return"] >= 1.0  # CartPole pays 1 per step
+
+
+def test_a2c_smoke_learning_curve_png(a2c_run):
+    _, run_dir = a2c_run
+    data = (run_dir / "learning_curve.png").read_bytes()
+    assert len(data) > len(PNG_MAGIC)
+    assert data.startswith(PNG_MAGIC)
+
+
+def test_reinforce_smoke_run(tmp_path):
+    run_dir = tmp_path / "reinforce-run"
+    proc = run_script(
+        "--algo",
+        "reinforce",
+        "--env",
+        "CartPole-v1",
+        "--num-envs",
+        "16",
+        "--total-timesteps",
+        "1000",
+        "--eval-episodes",
+        "4",
+        "--returns",
+        "total",
+        "--baseline",
+        "mean",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"] == "reinforce"
+    assert config["returns"] == "total" and config["baseline"] == "mean"
+    columns, rows = read_metrics(run_dir / "metrics.csv")
+    assert "policy_loss" in columns
+    assert rows and {r["seed"] for r in rows} == {"0"}
+    # Whole episodes: every update ends at least one episode per env.
+    for r in rows:
+        assert int(r["episodes"]) >= 16
+        assert float(r["episode_length"]) >= 1
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps) and steps[-1] >= 1000
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["eval_return_per_seed"]) == 1
+    assert (run_dir / "learning_curve.png").read_bytes().startswith(PNG_MAGIC)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def call_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Runs the CLI in-process; returns (exit code, stdout, stderr)."""
+    try:
+        code = cli.train_main(argv, start_time=time.time())
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err: str, flag: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag in lines[0], err
+
+
+BAD_INPUTS = [
+    (["--algo", "nope"], "--algo"),
+    (["--env", "CartPole-v2"], "--env"),
+    (["--num-envs", "0"], "--num-envs"),
+    (["--num-envs", "-3"], "--num-envs"),
+    (["--num-envs", "2.5"], "--num-envs"),
+    (["--total-timesteps", "0"], "--total-timesteps"),
+    (["--gamma", "0"], "--gamma"),
+    (["--gamma", "1.5"], "--gamma"),
+    (["--gae-lambda", "-0.1"], "--gae-lambda"),
+    (["--gae-lambda", "1.1"], "--gae-lambda"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "abc"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--critic", "q", "--env", "Pendulum-v1"], "--critic"),
+    (["--critic", "w"], "--critic"),
+    (["--baseline", "median", "--algo", "reinforce"], "--baseline"),
+    (["--hidden", "64,0"], "--hidden"),
+    (["--num-seeds", "0"], "--num-seeds"),
+    (["--no-such-flag", "1"], "--no-such-flag"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, flag", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS]
+)
+def test_bad_input_one_line_exit_2_no_run_dir(argv, flag, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = call_main([*argv, "--run-dir", str(run_dir)], capsys)
+    assert_one_line_error(code, err, flag)
+    assert not run_dir.exists()
+    assert out == ""
+
+
+def test_unknown_env_suggests_close_ids(tmp_path, capsys):
+    code, _, err = call_main(
+        ["--env", "CartPole-v2", "--run-dir", str(tmp_path / "run")], capsys
+    )
+    assert_one_line_error(code, err, "--env")
+    assert "CartPole-v2" in err and "CartPole-v1" in err
+
+
+def test_bad_input_creates_no_default_run_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call_main(["--gamma", "1.5"], capsys)
+    assert_one_line_error(code, err, "--gamma")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_empty_run_dir_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("mine")
+    code, _, err = call_main(
+        ["--env", "ProbeOneStep-v0", "--num-envs", "4", "--run-dir", str(run_dir)],
+        capsys,
+    )
+    assert_one_line_error(code, err, "--run-dir")
+    assert [p.name for p in run_dir.iterdir()] == ["keep.txt"]
+    assert (run_dir / "keep.txt").read_text() == "mine"
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = call_main(["--help"], capsys)
+    assert code == 0
+    for flag in ("--algo", "--env", "--num-envs", "--total-timesteps", "--run-dir"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    "argv, flag, hint",
+    [
+        (["--env", "CartPole-v2"], "--env", "CartPole-v1"),
+        (["--lr", "abc"], "--lr", "abc"),
+    ],
+)
+def test_bad_input_in_subprocess(argv, flag, hint, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_script(*argv, "--run-dir", str(run_dir), cwd=tmp_path)
+    assert_one_line_error(proc.returncode, proc.stderr, flag)
+    assert hint in proc.stderr
+    assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,338 @@
+"""System tests of the trainer: probe environments, seeds, compilation, NaNs.
+
+The probe runs (pgjax.probes) have known right answers, so each one checks a
+part of the learning machinery: the policy gradient (ProbeOneStep), credit
+assignment and discounting (ProbeTwoStep), bootstrapping on truncation
+(ProbeConstantReward), Gaussian policies (ProbeContinuous). Every run trains two
+seeds at once (``vmap``) and both must pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax import runner, train
+from pgjax.algos import base
+from pgjax.config import Hyperparams, TrainConfig
+
+SEEDS = (0, 1)
+
+# Small, fast settings under which every probe learns in a few hundred updates.
+PROBE = dict(
+    num_envs=16,
+    num_steps=4,
+    hidden=(16,),
+    anneal_lr=False,
+    lr=0.01,
+    critic_lr=0.01,
+    kl_envs=16,
+    eval_episodes=8,
+)
+
+S0 = jnp.array([[1.0, 0.0, 0.0]])  # ProbeTwoStep, step 0
+S1 = jnp.array([[0.0, 0.0, 1.0]])  # ProbeTwoStep, step 1 after a0 = 1
+ONE = jnp.ones((1, 1))  # the constant observation of the other probes
+
+
+@dataclasses.dataclass
+class Trained:
+    config: TrainConfig
+    trainer: train.Trainer
+    states: train.TrainState  # leaves [S, ...]
+
+    def networks(self):
+        return base.make_networks(
+            self.config, self.trainer.spec, q_critic=self.config.critic == "q"
+        )
+
+    def probs(self, obs):
+        """``[S, B, A]`` action probabilities of each seed's policy."""
+        policy, _ = self.networks()
+        return jax.vmap(lambda p: policy.apply(p, obs).probs())(self.states.agent.actor)
+
+    def values(self, obs):
+        """``[S, B]`` (or ``[S, B, A]`` for Q) critic outputs of each seed."""
+        _, critic = self.networks()
+        return jax.vmap(lambda p: critic.apply(p, obs))(self.states.agent.critic)
+
+
+def train_seeds(seeds=SEEDS, hyper=None, **overrides) -> Trained:
+    config = TrainConfig(**{**PROBE, **overrides})
+    trainer = train.make_train(config)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    if hyper is None:
+        hyper = Hyperparams.from_config(config)
+    hyper = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds),)), hyper)
+    states = jax.jit(jax.vmap(trainer.train))(keys, hyper)
+    assert np.all(np.asarray(states.experience) >= config.total_timesteps)
+    return Trained(config, trainer, jax.device_get(states))
+
+
+# ------------------------------------------------------------- a2c on probes
+
+
+def test_a2c_learns_one_step():
+    run = train_seeds(algo="a2c", env="ProbeOneStep-v0", total_timesteps=6400)
+    probs = np.asarray(run.probs(ONE))[:, 0]
+    values = np.asarray(run.values(ONE))[:, 0]
+    assert np.all(probs[:, 1] > 0.9), probs
+    np.testing.assert_allclose(values, 1.0, atol=0.1)
+
+
+def test_a2c_learns_two_step_credit_assignment():
+    # γ = 0.5 makes V(s0) = γ clearly different from the undiscounted 1. Seeds
+    # 0, 1 run with λ = 0 (credit flows only through the critic's bootstrap
+    # from V(s1)) and again with λ = 1 (Monte-Carlo return inside the rollout):
+    # hyperparameters are traced, so this sweep is one compiled program.
+    gamma = 0.5
+    config = TrainConfig(**PROBE)
+    hyper = Hyperparams.from_config(dataclasses.replace(config, gamma=gamma))
+    hyper = hyper.replace(gae_lambda=jnp.array([0.0, 0.0, 1.0, 1.0]))
+    run = train_seeds(
+        seeds=(0, 1, 0, 1),
+        hyper=hyper,
+        algo="a2c",
+        env="ProbeTwoStep-v0",
+        gamma=gamma,
+        total_timesteps=6400,
+    )
+    probs = np.asarray(run.probs(S0))[:, 0]
+    assert np.all(probs[:, 1] > 0.9), probs
+    np.testing.assert_allclose(np.asarray(run.values(S0))[:, 0], gamma, atol=0.1)
+    np.testing.assert_allclose(np.asarray(run.values(S1))[:, 0], 1.0, atol=0.1)
+
+
+def test_a2c_q_critic_learns_one_step():
+    run = train_seeds(
+        algo="a2c", env="ProbeOneStep-v0", critic="q", total_timesteps=6400
+    )
+    probs = np.asarray(run.probs(ONE))[:, 0]
+    q = np.asarray(run.values(ONE))[:, 0]  # [S, 2]
+    assert np.all(probs[:, 1] > 0.9), probs
+    np.testing.assert_allclose(q[:, 1], 1.0, atol=0.1)  # Q(s0, 1) = 1
+    assert np.all(q[:, 1] - q[:, 0] > 0.5), q  # Q(s0, 0) = 0, far below
+
+
+def test_a2c_bootstraps_on_truncation():
+    # Reward 1 forever, cut at 20 steps, nothing in the obs about time: the
+    # right value is 1/(1 − γ) = 10. Treating the time limit as termination
+    # gives about 6 here. Rollouts of 20 steps put one truncation in every
+    # batch: with shorter ones the envs (all started together) truncate in one
+    # batch out of several, and Adam's normalised steps would hide most of the
+    # error (≈ 9.4 with 8-step rollouts).
+    gamma = 0.9
+    run = train_seeds(
+        algo="a2c",
+        env="ProbeConstantReward-v0",
+        gamma=gamma,
+        num_steps=20,
+        total_timesteps=16 * 20 * 150,
+    )
+    values = np.asarray(run.values(ONE))[:, 0]
+    np.testing.assert_allclose(values, 1.0 / (1.0 - gamma), rtol=0.1)
+
+
+def test_a2c_gaussian_policy_learns_continuous():
+    run = train_seeds(
+        algo="a2c", env="ProbeContinuous-v0", lr=0.03, total_timesteps=12800
+    )
+    policy, _ = run.networks()
+    mean = jax.vmap(lambda p: policy.apply(p, ONE).mode())(run.states.agent.actor)
+    np.testing.assert_allclose(np.asarray(mean)[:, 0, 0], 0.5, atol=0.1)
+    returns = jax.jit(jax.vmap(lambda s, k: run.trainer.evaluate(s, k, 4)))(
+        run.states, jax.random.split(jax.random.PRNGKey(9), len(SEEDS))
+    )
+    assert np.all(np.asarray(returns) > -0.01)
+
+
+# ------------------------------------------------------- reinforce on probes
+
+
+@pytest.mark.parametrize("baseline", ["none", "mean", "value"])
+@pytest.mark.parametrize("returns", ["total", "reward-to-go"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        # One step: both kinds of return are the reward; slow set only.
+        pytest.param("ProbeOneStep-v0", marks=pytest.mark.slow),
+        "ProbeTwoStep-v0",
+    ],
+)
+def test_reinforce_learns_probes(env, returns, baseline):
+    gamma = 0.5
+    run = train_seeds(
+        algo="reinforce",
+        env=env,
+        returns=returns,
+        baseline=baseline,
+        gamma=gamma,
+        lr=0.02,
+        critic_lr=0.02,
+        total_timesteps=1920,
+    )
+    s0 = ONE if env == "ProbeOneStep-v0" else S0
+    probs = np.asarray(run.probs(s0))[:, 0]
+    assert np.all(probs[:, 1] > 0.9), probs
+    if baseline == "value":
+        # The critic regresses on the reward-to-go: V(s0) = γ^(steps − 1).
+        expected = 1.0 if env == "ProbeOneStep-v0" else gamma
+        np.testing.assert_allclose(np.asarray(run.values(s0))[:, 0], expected, atol=0.1)
+
+
+# ------------------------------------------------ seeds, determinism, compile
+
+SMALL = dict(
+    algo="a2c",
+    env="CartPole-v1",
+    num_envs=8,
+    num_steps=4,
+    hidden=(16,),
+    total_timesteps=8 * 4 * 5,  # exactly 5 updates
+    updates_per_chunk=3,
+    kl_envs=8,
+    lr=0.01,
+    target_kl=0.01,
+    normalize_obs=True,
+)
+KEYS = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One small CartPole trainer and its jitted functions, shared by the tests
+    below so that each is compiled once for the whole module."""
+
+    trainer: train.Trainer
+    init: Any  # jit(trainer.init)
+    init_batch: Any  # jit(trainer.init_batch)
+    chunk: Any  # jit(vmap(train_chunk)), counting its traces
+    single_chunk: Any  # jit(train_chunk)
+    traces: list
+
+
+@pytest.fixture(scope="module")
+def small() -> Compiled:
+    trainer = train.make_train(TrainConfig(**SMALL))
+    traces = []
+
+    def counted_chunk(state):
+        traces.append(1)  # runs only while tracing
+        return trainer.train_chunk(state)
+
+    return Compiled(
+        trainer=trainer,
+        init=jax.jit(trainer.init),
+        init_batch=jax.jit(trainer.init_batch),
+        chunk=jax.jit(jax.vmap(counted_chunk)),
+        single_chunk=jax.jit(trainer.train_chunk),
+        traces=traces,
+    )
+
+
+def _leaves_equal(a, b) -> bool:
+    """Bit-identical pytrees (NaN equals NaN: metrics are NaN without episodes)."""
+    return all(
+        np.array_equal(x, y, equal_nan=True)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_vmap_over_seeds_equals_separate_runs(small):
+    state = small.init_batch(KEYS)
+    history = []
+    for _ in range(2):
+        state, metrics = small.chunk(state)
+        history.append(jax.device_get(metrics))
+    for i in range(len(KEYS)):
+        one = small.init(KEYS[i])
+        for k in range(2):
+            one, one_metrics = small.single_chunk(one)
+            for name, value in one_metrics.items():
+                np.testing.assert_allclose(
+                    value, history[k][name][i], rtol=1e-4, atol=1e-6, err_msg=name
+                )
+        for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(state), strict=True):
+            np.testing.assert_allclose(x, y[i], rtol=1e-5, atol=1e-6)
+    # The two seeds really are different runs.
+    kernels = jax.tree.leaves(state.agent.actor)
+    assert not all(np.allclose(k[0], k[1]) for k in kernels)
+
+
+def test_same_seed_is_bit_identical(small):
+    def run():
+        state = small.init_batch(jnp.stack([KEYS[0], KEYS[0]]))
+        history = []
+        for _ in range(2):
+            state, metrics = small.chunk(state)
+            history.append(metrics)
+        return jax.device_get(state), jax.device_get(history)
+
+    state_a, metrics_a = run()
+    state_b, metrics_b = run()
+    assert _leaves_equal(state_a, state_b)
+    assert _leaves_equal(metrics_a, metrics_b)
+    # Two copies of one seed inside a batch agree with each other too.
+    assert _leaves_equal(
+        jax.tree.map(lambda x: x[0], (state_a, metrics_a)),
+        jax.tree.map(lambda x: x[1], (state_a, metrics_a)),
+    )
+
+
+def test_chunk_compiles_once_and_idles_when_done(small):
+    state = small.init_batch(KEYS)
+    active = []
+    for _ in range(4):
+        previous = state
+        state, metrics = small.chunk(state)
+        active.append(np.asarray(metrics["active"]))
+    # Also counts calls made by the other tests of this module.
+    assert len(small.traces) == 1
+    assert small.chunk._cache_size() == 1
+    # 5 updates in slots of 3: the second chunk idles in its last slot; the
+    # third and fourth do nothing and leave the state bit-identical.
+    expected = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    for seed in range(len(KEYS)):
+        np.testing.assert_array_equal(np.concatenate(active, axis=1)[seed], expected)
+    np.testing.assert_array_equal(state.update, [5, 5])
+    np.testing.assert_array_equal(state.experience, [160, 160])
+    assert _leaves_equal(jax.device_get(previous), jax.device_get(state))
+
+
+def test_non_finite_loss_is_detected(small):
+    names = tuple(
+        n for n in small.trainer.algorithm.metric_names if n != "learning_rate"
+    )
+    state = small.init_batch(KEYS)
+    _, healthy = small.chunk(state)
+    assert runner.first_non_finite(jax.device_get(healthy), names) is None
+
+    # Poison seed 1's critic: its value loss (and advantages) become NaN.
+    critic = jax.tree.map(lambda x: x.at[1].set(jnp.nan), state.agent.critic)
+    poisoned = state.replace(agent=state.agent.replace(critic=critic))
+    _, metrics = small.chunk(poisoned)
+    metrics = jax.device_get(metrics)
+    assert np.isnan(metrics["value_loss"][1]).all()
+    assert np.isfinite(metrics["value_loss"][0]).all()
+    found = runner.first_non_finite(metrics, names)
+    assert found is not None
+    slot, name = found
+    assert slot == 0
+    assert not np.isfinite(metrics[name][1, 0])
+
+
+def test_first_non_finite_ignores_idle_slots():
+    active = np.array([[True, True, False], [True, False, False]])
+    loss = np.zeros((2, 3))
+    loss[1, 1] = np.nan  # seed 1 was idle in slot 1: ignored
+    loss[:, 2] = np.inf  # nobody active in slot 2: ignored
+    metrics = {"active": active, "policy_loss": loss, "value_loss": np.zeros((2, 3))}
+    names = ("policy_loss", "value_loss")
+    assert runner.first_non_finite(metrics, names) is None
+    metrics["value_loss"][0, 1] = np.nan
+    assert runner.first_non_finite(metrics, names) == (1, "value_loss")
