@@ -1,3 +1,3 @@
-"""pgjax: policy-gradient reinforcement learning that runs entirely on the accelerator."""
+"""pgjax: policy-gradient reinforcement learning run entirely on the accelerator."""
 
 __version__ = "0.1.0"

@@ -11,8 +11,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -75,7 +75,9 @@ def plot_runs(
         for key, (steps, mean, low, high) in curves(rows, present, metric).items():
             label = Path(run_dir).name
             if key:
-                label += " " + ", ".join(f"{g}={v}" for g, v in zip(present, key))
+                label += " " + ", ".join(
+                    f"{g}={v}" for g, v in zip(present, key, strict=True)
+                )
             (line,) = ax.plot(steps, mean, label=label, linewidth=1.5)
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("environment steps (per seed)")

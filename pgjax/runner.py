@@ -70,7 +70,7 @@ class MetricsWriter:
     def __init__(self, path: Path, columns: list[str]):
         self.columns = columns
         new = not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "a", newline="")
+        self._file = open(path, "a", newline="")  # noqa: SIM115 (closed by close())
         self._writer = csv.writer(self._file)
         if new:
             self._writer.writerow(columns)

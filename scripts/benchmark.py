@@ -37,13 +37,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from pgjax import envs, presets  # noqa: E402
-from pgjax.config import TrainConfig  # noqa: E402
-from pgjax.train import make_train  # noqa: E402
+from pgjax import envs, presets
+from pgjax.config import TrainConfig
+from pgjax.train import make_train
 
 SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
 
@@ -153,9 +153,7 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
 
         return jax.lax.scan(body, state.env, jax.random.split(state.key, updates))
 
-    env_state, batch, _ = jax.jit(algo.collect)(
-        single.agent, single.env, single.key, hyper
-    )
+    _, batch, _ = jax.jit(algo.collect)(single.agent, single.env, single.key, hyper)
 
     def learn(state, batch):
         def body(agent, key):

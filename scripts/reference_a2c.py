@@ -10,6 +10,7 @@ process.
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import gymnax
@@ -20,7 +21,7 @@ import optax
 
 def _init_mlp(key, sizes):
     params = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         key, sub = jax.random.split(key)
         scale = 0.01 if i == len(sizes) - 2 else 2**0.5
         w = jax.nn.initializers.orthogonal(scale)(sub, (n_in, n_out))

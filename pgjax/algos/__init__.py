@@ -26,7 +26,9 @@ def make_algorithm(config: TrainConfig, spec: EnvSpec) -> Algorithm:
         factory = REGISTRY[config.algo]
     except KeyError:
         names = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"unknown algorithm {config.algo!r}; choose from {names}")
+        raise ValueError(
+            f"unknown algorithm {config.algo!r}; choose from {names}"
+        ) from None
     return factory(config, spec)
 
 
