@@ -88,6 +88,11 @@ class TrainConfig:
     updates_per_chunk: int = _field(
         0, "updates per compiled chunk between host syncs (0 = automatic)"
     )
+    block_rows: int = _field(
+        -1,
+        "rows per block of the update's forward/backward passes (-1 = auto: 4096 "
+        "on CPU, whole batch on accelerators; 0 = whole batch)",
+    )
     kl_envs: int = _field(
         512, "envs whose observations estimate each update's KL (metrics, target-kl)"
     )
@@ -190,6 +195,7 @@ def validate(config: TrainConfig) -> None:
     )
     need(config.seed >= 0, "seed", "a non-negative integer")
     need(config.updates_per_chunk >= 0, "updates_per_chunk", ">= 0 (0 = automatic)")
+    need(config.block_rows >= -1, "block_rows", ">= -1 (-1 = auto)")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")
     need(config.critic_epochs > 0, "critic_epochs", "a positive integer")
     for name in SWEEPABLE:

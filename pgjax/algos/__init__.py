@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from pgjax.algos.a2c import make_a2c
 from pgjax.algos.base import Algorithm
+from pgjax.algos.natural_pg import make_npg, make_trpo
 from pgjax.algos.reinforce import make_reinforce
 from pgjax.config import TrainConfig
 from pgjax.envs import EnvSpec
@@ -17,6 +18,8 @@ from pgjax.envs import EnvSpec
 REGISTRY: dict[str, Callable[[TrainConfig, EnvSpec], Algorithm]] = {
     "a2c": make_a2c,
     "reinforce": make_reinforce,
+    "npg": make_npg,
+    "trpo": make_trpo,
 }
 
 

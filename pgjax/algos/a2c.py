@@ -61,67 +61,93 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         )
         return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
 
-    def v_losses(params, batch: rollout.Transition, hyper: Hyperparams):
-        dist = policy.apply(params["actor"], batch.obs)
-        log_prob = dist.log_prob(batch.action)
-        values = critic.apply(params["critic"], batch.obs)
-        next_values = jax.lax.stop_gradient(
-            critic.apply(params["critic"], batch.next_obs)
+    block_rows = base.resolve_block_rows(config)
+
+    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams):
+        """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
+        values, next_values = base.blocked_map(
+            lambda b: (
+                critic.apply(params["critic"], b[0]),
+                critic.apply(params["critic"], b[1]),
+            ),
+            (batch.obs, batch.next_obs),
+            block_rows,
         )
         rewards = batch.reward * hyper.reward_scale
         discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
         advantages = losses.gae_advantages(
-            rewards,
-            jax.lax.stop_gradient(values),
-            next_values,
-            discounts,
-            batch.done,
-            hyper.gae_lambda,
+            rewards, values, next_values, discounts, batch.done, hyper.gae_lambda
         )
-        targets = advantages + jax.lax.stop_gradient(values)
-        return log_prob, dist.entropy(), advantages, losses.value_loss(values, targets)
+        return advantages, advantages + values
 
-    def q_losses(params, batch: rollout.Transition, hyper: Hyperparams):
-        dist = policy.apply(params["actor"], batch.obs)
-        log_prob = dist.log_prob(batch.action)
-        q_values = critic.apply(params["critic"], batch.obs)
-        q_taken = jnp.take_along_axis(q_values, batch.action[..., None], axis=-1)
-        q_taken = q_taken[..., 0]
-        next_probs = policy.apply(params["actor"], batch.next_obs).probs()
-        next_v = losses.expected_value_baseline(
-            critic.apply(params["critic"], batch.next_obs), next_probs
+    def q_targets(params, batch: rollout.Transition, hyper: Hyperparams):
+        """``Q(s,a) − Σ_a π(a|s)Q(s,a)`` and TD(0) targets ``[T, N]``."""
+
+        def forward(b):
+            obs, next_obs, action = b
+            q_values = critic.apply(params["critic"], obs)
+            probs = policy.apply(params["actor"], obs).probs()
+            next_v = losses.expected_value_baseline(
+                critic.apply(params["critic"], next_obs),
+                policy.apply(params["actor"], next_obs).probs(),
+            )
+            one_hot = jax.nn.one_hot(action, q_values.shape[-1], dtype=q_values.dtype)
+            q_taken = jnp.sum(one_hot * q_values, axis=-1)
+            return q_taken - losses.expected_value_baseline(q_values, probs), next_v
+
+        advantages, next_v = base.blocked_map(
+            forward, (batch.obs, batch.next_obs, batch.action), block_rows
         )
         rewards = batch.reward * hyper.reward_scale
         discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
-        td_target = jax.lax.stop_gradient(rewards + discounts * next_v)
-        baseline = losses.expected_value_baseline(q_values, dist.probs())
-        advantages = jax.lax.stop_gradient(q_taken - baseline)
-        return (
-            log_prob,
-            dist.entropy(),
-            advantages,
-            losses.value_loss(q_taken, td_target),
-        )
+        return advantages, rewards + discounts * next_v
 
-    estimate = q_losses if q_critic else v_losses
+    targets_fn = q_targets if q_critic else v_targets
 
-    def loss_fn(params, batch, hyper: Hyperparams):
-        log_prob, entropy, advantages, value_loss = estimate(params, batch, hyper)
-        if config.normalize_advantages:
-            advantages = losses.normalize_advantages(advantages)
-        policy_loss = losses.policy_gradient_loss(log_prob, advantages)
-        entropy_loss = losses.entropy_loss(entropy)
-        total = policy_loss + hyper.vf_coef * value_loss + hyper.ent_coef * entropy_loss
-        return total, {
-            "policy_loss": policy_loss,
-            "value_loss": value_loss,
-            "entropy": -entropy_loss,
-        }
+    def critic_prediction(critic_params, obs, action):
+        if not q_critic:
+            return critic.apply(critic_params, obs)
+        q_values = critic.apply(critic_params, obs)
+        one_hot = jax.nn.one_hot(action, q_values.shape[-1], dtype=q_values.dtype)
+        return jnp.sum(one_hot * q_values, axis=-1)
+
+    def make_block_loss(hyper: Hyperparams, count: int):
+        """Loss of one block of rows; block losses sum to the batch loss."""
+
+        def block_loss(params, block):
+            obs, action, advantages, targets = block
+            dist = policy.apply(params["actor"], obs)
+            policy_loss = losses.policy_gradient_loss(dist.log_prob(action), advantages)
+            entropy_loss = losses.entropy_loss(dist.entropy())
+            value_loss = losses.value_loss(
+                critic_prediction(params["critic"], obs, action), targets
+            )
+            total = (
+                policy_loss + hyper.vf_coef * value_loss + hyper.ent_coef * entropy_loss
+            )
+            metrics = {
+                "policy_loss": policy_loss,
+                "value_loss": value_loss,
+                "entropy": -entropy_loss,
+            }
+            return total / count, jax.tree.map(lambda m: m / count, metrics)
+
+        return block_loss
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         del key
         params = {"actor": agent.actor, "critic": agent.critic}
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
+        advantages, targets = targets_fn(params, batch, hyper)
+        if config.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages)
+        rows = batch.reward.size
+        count = base.num_blocks(rows, block_rows)
+        grads, metrics = base.blocked_grad(
+            make_block_loss(hyper, count),
+            params,
+            (batch.obs, batch.action, advantages, targets),
+            block_rows,
+        )
         # Each network is clipped on its own: early on the critic's large
         # regression errors would otherwise throttle the actor's gradient.
         actor_grads, grad_norm = base.clip_by_global_norm(

@@ -1,0 +1,201 @@
+"""Natural policy gradient (``--algo npg``) and TRPO (``--algo trpo``).
+
+Both collect fixed-length rollouts (like A2C), estimate advantages with GAE(λ)
+from a learned ``V(s)``, and ascend the importance-ratio surrogate
+
+  L(θ) = mean_t [π_θ(a_t|s_t) / π_old(a_t|s_t) · Â_t] + c_H·mean_t H[π_θ(·|s_t)]
+
+whose gradient at θ_old is the policy gradient g. Instead of a plain gradient
+step they step along the natural gradient ``x = F⁻¹g``, found by conjugate
+gradient on Fisher-vector products (F never formed; :mod:`pgjax.natural`), scaled
+so the quadratic model of the KL equals ``--max-kl``:
+
+  Δθ = sqrt(2δ / xᵀFx) · x.
+
+* ``npg`` takes that step as is (Kakade 2001; Peters & Schaal 2008).
+* ``trpo`` backtracks ``Δθ·ratio^k`` until the surrogate improves and the real
+  mean KL(π_old ‖ π_θ) ≤ δ; if no k passes, the policy is left bit-identical
+  (Schulman et al. 2015, https://arxiv.org/abs/1502.05477).
+
+The critic is fitted after the policy step by ``--critic-epochs`` full-batch Adam
+steps on the λ-return targets at ``--critic-lr``. The Fisher-vector products use
+the observations of the first ``--kl-envs`` envs (a subsample, as in TRPO's
+reference implementation), the surrogate and line search the whole batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pgjax import losses, natural, rollout
+from pgjax.algos import base
+from pgjax.config import Hyperparams, TrainConfig
+from pgjax.envs import EnvSpec
+
+METRICS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "grad_norm",
+    "kl",
+    "cg_residual",
+    "cg_iterations",
+    "xfx",
+    "step_norm",
+    "backtracks",
+    "accepted",
+    "learning_rate",
+)
+
+
+def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
+    policy, critic = base.make_networks(config, spec)
+    block_rows = base.resolve_block_rows(config)
+    name = "trpo" if line_search else "npg"
+
+    def init(key, hyper: Hyperparams):
+        del hyper
+        return base.init_actor_critic(policy, critic, key)
+
+    def collect(agent, env_state, key, hyper: Hyperparams):
+        del hyper
+        env_state, batch = rollout.collect_steps(
+            spec,
+            base.sampling_act_fn(policy, agent.actor),
+            env_state,
+            key,
+            config.num_steps,
+            config.normalize_obs,
+        )
+        return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
+
+    def advantages_and_targets(critic_params, batch, hyper: Hyperparams):
+        values, next_values = base.blocked_map(
+            lambda b: (
+                critic.apply(critic_params, b[0]),
+                critic.apply(critic_params, b[1]),
+            ),
+            (batch.obs, batch.next_obs),
+            block_rows,
+        )
+        rewards = batch.reward * hyper.reward_scale
+        discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
+        advantages = losses.gae_advantages(
+            rewards, values, next_values, discounts, batch.done, hyper.gae_lambda
+        )
+        return advantages, advantages + values
+
+    def fit_critic(agent, batch, targets, hyper, progress):
+        """``critic_epochs`` Adam steps of value regression on the whole batch."""
+        count = base.num_blocks(batch.reward.size, block_rows)
+        lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
+
+        def block_loss(params, block):
+            obs, target = block
+            loss = losses.value_loss(critic.apply(params, obs), target)
+            return loss / count, loss / count
+
+        def epoch(carry, _):
+            params, opt_state = carry
+            grads, loss = base.blocked_grad(
+                block_loss, params, (batch.obs, targets), block_rows
+            )
+            grads, _ = base.clip_by_global_norm(grads, hyper.max_grad_norm)
+            params, opt_state = base.adam_step(params, opt_state, grads, lr)
+            return (params, opt_state), loss
+
+        (params, opt_state), value_losses = jax.lax.scan(
+            epoch, (agent.critic, agent.critic_opt), None, length=config.critic_epochs
+        )
+        return params, opt_state, value_losses[0]
+
+    def update(agent: base.ActorCriticState, batch, key, hyper, progress):
+        del key
+        advantages, targets = advantages_and_targets(agent.critic, batch, hyper)
+        if config.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages)
+        old_log_prob = jax.lax.stop_gradient(batch.log_prob)
+
+        def surrogate(actor_params):
+            dist = policy.apply(actor_params, batch.obs)
+            ratio = jnp.exp(dist.log_prob(batch.action) - old_log_prob)
+            entropy = jnp.mean(dist.entropy())
+            return jnp.mean(ratio * advantages) + hyper.ent_coef * entropy, entropy
+
+        (objective, entropy), grads = jax.value_and_grad(surrogate, has_aux=True)(
+            agent.actor
+        )
+        kl_obs = batch.obs[:, : config.kl_envs]
+        old_dist = jax.lax.stop_gradient(policy.apply(agent.actor, kl_obs))
+
+        def fisher_kl(actor_params):
+            return jnp.mean(old_dist.kl(policy.apply(actor_params, kl_obs)))
+
+        fvp = natural.fisher_vector_product(fisher_kl, agent.actor, hyper.cg_damping)
+        step, step_info = natural.natural_gradient_step(
+            grads, fvp, hyper.max_kl, iters=config.cg_iters
+        )
+        if line_search:
+            full_old = jax.lax.stop_gradient(policy.apply(agent.actor, batch.obs))
+
+            def batch_kl(actor_params):
+                return jnp.mean(full_old.kl(policy.apply(actor_params, batch.obs)))
+
+            actor, search = natural.backtracking_line_search(
+                lambda p: surrogate(p)[0],
+                batch_kl,
+                agent.actor,
+                step,
+                step_info.expected_improvement,
+                hyper.max_kl,
+                hyper.backtrack_ratio,
+                config.max_backtracks,
+            )
+            accepted, backtracks = search.accepted, search.backtracks
+            step_fraction = jnp.where(search.accepted, search.step_fraction, 0.0)
+        else:
+            actor = jax.tree.map(jnp.add, agent.actor, step)
+            accepted, backtracks = step_info.valid, jnp.zeros((), jnp.int32)
+            step_fraction = jnp.ones(())
+        kl = fisher_kl(actor)
+        critic_params, critic_opt, value_loss = fit_critic(
+            agent, batch, targets, hyper, progress
+        )
+        agent = agent.replace(actor=actor, critic=critic_params, critic_opt=critic_opt)
+        return agent, {
+            "policy_loss": -objective,
+            "value_loss": value_loss,
+            "entropy": entropy,
+            "grad_norm": optax.global_norm(grads),
+            "kl": kl,
+            "cg_residual": step_info.cg_residual,
+            "cg_iterations": step_info.cg_iterations.astype(jnp.float32),
+            "xfx": step_info.xfx,
+            "step_norm": step_fraction * step_info.step_norm,
+            "backtracks": backtracks.astype(jnp.float32),
+            "accepted": accepted.astype(jnp.float32),
+            "learning_rate": base.learning_rate(
+                hyper.critic_lr, progress, config.anneal_lr
+            ),
+        }
+
+    return base.Algorithm(
+        name=name,
+        init=init,
+        collect=collect,
+        update=update,
+        act=base.policy_act(policy),
+        metric_names=METRICS,
+    )
+
+
+def make_npg(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+    """Natural policy gradient: the KL-scaled natural step, no line search."""
+    return _make_natural(config, spec, line_search=False)
+
+
+def make_trpo(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+    """TRPO: the natural step with a backtracking line search on KL ≤ δ."""
+    return _make_natural(config, spec, line_search=True)
