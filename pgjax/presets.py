@@ -2,8 +2,8 @@
 
 The CLI resolves a run's settings as: :class:`~pgjax.config.TrainConfig`
 defaults, then the preset for ``(algo, env)`` (or ``(algo, "*")``), then the
-flags the user gave. Each preset was tuned on a 2-core CPU; docs/performance.md
-lists what it reaches.
+flags the user gave. Presets were chosen by grid sweeps over 4-8 seeds (run as one
+vmapped program, tune-style); docs/performance.md lists what they reach.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("a2c", "*"): {},
+    ("reinforce", "*"): {"num_envs": 64},
+    ("npg", "*"): {"num_envs": 256, "num_steps": 32},
+    ("trpo", "*"): {"num_envs": 256, "num_steps": 32},
     # Large-batch A2C is unstable on CartPole with plain Adam; what made it
     # reliable here: short rollouts (many updates), a KL-adaptive actor step,
     # a fast critic, a long horizon (γ = 0.999) and normalised observations.
@@ -25,10 +27,57 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "ent_coef": 0.003,
         "normalize_obs": True,
     },
-    ("reinforce", "*"): {"num_envs": 256},
-    ("reinforce", "CartPole-v1"): {},
-    ("a2c", "Pendulum-v1"): {},
-    ("a2c", "Acrobot-v1"): {},
+    ("a2c", "Acrobot-v1"): {
+        "num_envs": 64,
+        "num_steps": 16,
+        "total_timesteps": 1_500_000,
+        "lr": 0.003,
+        "critic_lr": 0.01,
+        "ent_coef": 0.01,
+        "normalize_obs": True,
+    },
+    ("a2c", "Pendulum-v1"): {
+        "num_envs": 64,
+        "num_steps": 64,
+        "total_timesteps": 3_000_000,
+        "lr": 0.003,
+        "critic_lr": 0.01,
+        "reward_scale": 0.01,
+        "target_kl": 0.01,
+        "normalize_obs": True,
+    },
+    ("reinforce", "CartPole-v1"): {
+        "num_envs": 64,
+        "total_timesteps": 1_000_000,
+        "lr": 0.01,
+        "critic_lr": 0.01,
+    },
+    ("npg", "CartPole-v1"): {
+        "total_timesteps": 1_000_000,
+        "max_kl": 0.03,
+        "critic_lr": 0.01,
+    },
+    ("trpo", "CartPole-v1"): {
+        "total_timesteps": 1_000_000,
+        "max_kl": 0.03,
+        "critic_lr": 0.01,
+    },
+    ("npg", "Pendulum-v1"): {
+        "num_steps": 64,
+        "total_timesteps": 4_000_000,
+        "max_kl": 0.01,
+        "critic_lr": 0.01,
+        "reward_scale": 0.1,
+        "normalize_obs": True,
+    },
+    ("trpo", "Pendulum-v1"): {
+        "num_steps": 64,
+        "total_timesteps": 4_000_000,
+        "max_kl": 0.01,
+        "critic_lr": 0.01,
+        "reward_scale": 0.1,
+        "normalize_obs": True,
+    },
 }
 
 
