@@ -90,7 +90,7 @@ class TrainConfig:
     )
     block_rows: int = _field(
         -1,
-        "rows per block of the update's forward/backward passes (-1 = auto: 4096 "
+        "rows per block of the update's forward/backward passes (-1 = auto: 2048 "
         "on CPU, whole batch on accelerators; 0 = whole batch)",
     )
     kl_envs: int = _field(

@@ -144,7 +144,7 @@ def run(
     compile_start = time.time()
     state = jax.jit(trainer.init_batch)(seed_keys(config))
     chunk_fn = (
-        jax.jit(jax.vmap(trainer.train_chunk), donate_argnums=0).lower(state).compile()
+        jax.jit(trainer.train_chunk_batch, donate_argnums=0).lower(state).compile()
     )
     compile_seconds = time.time() - compile_start
 

@@ -137,15 +137,35 @@ class Trainer:
         the slots that ran an update.
         """
 
+        metric_shapes = jax.eval_shape(self.update, state)[1]
+
+        def idle(state: TrainState):
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+            return state, zeros
+
         def slot(state: TrainState, _):
             active = ~self.done(state)
-            new_state, metrics = self.update(state)
-            state = jax.tree.map(
-                lambda new, old: jnp.where(active, new, old), new_state, state
-            )
+            # A branch, not a select: idle slots cost nothing (under vmap over
+            # seeds JAX turns it into a select of both sides).
+            state, metrics = jax.lax.cond(active, self.update, idle, state)
             return state, {**metrics, "active": active}
 
         return jax.lax.scan(slot, state, None, length=self.updates_per_chunk)
+
+    def train_chunk_batch(
+        self, state: TrainState
+    ) -> tuple[TrainState, dict[str, Array]]:
+        """:meth:`train_chunk` over a leading seed axis ``[S]``.
+
+        ``vmap`` for several seeds; with one seed the axis is dropped and added
+        back instead, so the program is the unbatched one (``lax.cond`` stays a
+        branch rather than becoming a select of both sides).
+        """
+        if jax.tree.leaves(state)[0].shape[0] > 1:
+            return jax.vmap(self.train_chunk)(state)
+        single = jax.tree.map(lambda x: x[0], state)
+        single, metrics = self.train_chunk(single)
+        return jax.tree.map(lambda x: x[None], (single, metrics))
 
     def train(self, key: Array, hyper: Hyperparams | None = None) -> TrainState:
         """Trains one seed to ``total_timesteps`` in one compiled loop.

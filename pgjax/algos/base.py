@@ -100,7 +100,7 @@ def mean_kl(policy: Policy, old_params, new_params, obs: Array) -> Array:
     return jnp.mean(old.kl(new))
 
 
-CPU_BLOCK_ROWS = 4096
+CPU_BLOCK_ROWS = 2048
 
 
 def resolve_block_rows(config: TrainConfig) -> int:
