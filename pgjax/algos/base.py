@@ -175,6 +175,69 @@ def blocked_map(fn, data, block_rows: int):
     return jax.tree.map(lambda y: y.reshape(time, envs, *y.shape[2:]), out)
 
 
+def steps_per_time_block(horizon: int, num_envs: int, block_rows: int) -> int:
+    """Largest divisor ``k`` of ``horizon`` with ``k·num_envs <= block_rows``.
+
+    ``block_rows <= 0`` (accelerators) uses blocks of up to 65536 rows.
+    """
+    target = block_rows if block_rows > 0 else 65536
+    best = 1
+    for k in range(1, horizon + 1):
+        if horizon % k == 0 and k * num_envs <= target:
+            best = k
+    return best
+
+
+def _time_blocks(data, k: int):
+    """``[T, N, ...]`` leaves → ``[T/k, k, N, ...]``."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]), data)
+
+
+def skipping_grad(loss_fn, params, data, valid, steps_per_block: int):
+    """Like :func:`blocked_grad` over blocks of whole time steps, skipping blocks
+    with no valid row (``lax.cond``), e.g. the padding after the longest episode
+    in a REINFORCE buffer. ``loss_fn(params, block)`` gets ``[k, N, ...]``.
+    """
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    blocks = _time_blocks((data, valid), steps_per_block)
+    sample = jax.tree.map(lambda x: x[0], blocks[0])
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, sample)
+    )
+
+    def body(total, inputs):
+        block, block_valid = inputs
+        out = jax.lax.cond(
+            jnp.any(block_valid),
+            lambda b: grad_fn(params, b),
+            lambda b: zeros,
+            block,
+        )
+        return jax.tree.map(jnp.add, total, out), None
+
+    total, _ = jax.lax.scan(body, zeros, blocks)
+    return total
+
+
+def skipping_map(fn, data, valid, steps_per_block: int):
+    """``fn`` over blocks of whole time steps; blocks with no valid row give 0."""
+    blocks = _time_blocks((data, valid), steps_per_block)
+    sample = jax.tree.map(lambda x: x[0], blocks[0])
+    shapes = jax.eval_shape(fn, sample)
+
+    def one(inputs):
+        block, block_valid = inputs
+        return jax.lax.cond(
+            jnp.any(block_valid),
+            fn,
+            lambda b: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+            block,
+        )
+
+    out = jax.lax.map(one, blocks)
+    return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
+
+
 def make_networks(
     config: TrainConfig, spec: EnvSpec, q_critic: bool = False
 ) -> tuple[Policy, Critic]:

@@ -76,58 +76,78 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             return losses.episode_returns(rewards * batch.valid, gammas, ends), to_go
         return to_go, to_go
 
-    def actor_loss(actor_params, batch, advantages):
-        dist = policy.apply(actor_params, batch.obs)
-        log_prob = dist.log_prob(batch.action)
-        policy_loss = losses.policy_gradient_loss(log_prob, advantages, batch.valid)
-        entropy = -losses.entropy_loss(dist.entropy(), batch.valid)
-        return policy_loss, (policy_loss, entropy)
+    steps_per_block = base.steps_per_time_block(
+        spec.max_episode_steps, config.num_envs, base.resolve_block_rows(config)
+    )
+    use_critic = config.baseline == "value"
 
-    def critic_loss(critic_params, batch, targets):
-        values = critic.apply(critic_params, batch.obs)
-        return losses.value_loss(values, targets, batch.valid)
+    def make_block_loss(hyper: Hyperparams, num_valid):
+        """Masked sums over a block divided by the batch's valid count, so block
+        losses add up to the masked means of the whole batch."""
+
+        def block_loss(params, block):
+            obs, action, advantages, targets, valid = block
+            weight = valid.astype(advantages.dtype) / num_valid
+            dist = policy.apply(params["actor"], obs)
+            policy_loss = -jnp.sum(weight * advantages * dist.log_prob(action))
+            entropy = jnp.sum(weight * dist.entropy())
+            total = policy_loss - hyper.ent_coef * entropy
+            value_loss = jnp.zeros(())
+            if use_critic:
+                errors = critic.apply(params["critic"], obs) - targets
+                value_loss = 0.5 * jnp.sum(weight * jnp.square(errors))
+                total = total + value_loss
+            return total, (policy_loss, entropy, value_loss)
+
+        return block_loss
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         del key
         g_hat, to_go = weights(batch, hyper)
         if config.baseline == "mean":
             advantages = g_hat - losses.masked_mean(g_hat, batch.valid)
-        elif config.baseline == "value":
-            values = critic.apply(agent.critic, batch.obs)
+        elif use_critic:
+            values = base.skipping_map(
+                lambda obs: critic.apply(agent.critic, obs),
+                batch.obs,
+                batch.valid,
+                steps_per_block,
+            )
             advantages = g_hat - values
         else:
             advantages = g_hat
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages, batch.valid)
         advantages = jax.lax.stop_gradient(advantages)
-
-        def total_loss(actor_params):
-            policy_loss, aux = actor_loss(actor_params, batch, advantages)
-            return policy_loss - hyper.ent_coef * aux[1], aux
-
-        actor_grads, (policy_loss, entropy) = jax.grad(total_loss, has_aux=True)(
-            agent.actor
+        num_valid = jnp.maximum(jnp.sum(batch.valid), 1).astype(jnp.float32)
+        params = {"actor": agent.actor, "critic": agent.critic}
+        grads, (policy_loss, entropy, value_loss) = base.skipping_grad(
+            make_block_loss(hyper, num_valid),
+            params,
+            (batch.obs, batch.action, advantages, to_go, batch.valid),
+            batch.valid,
+            steps_per_block,
         )
         actor_grads, grad_norm = base.clip_by_global_norm(
-            actor_grads, hyper.max_grad_norm
+            grads["actor"], hyper.max_grad_norm
         )
         lr = base.learning_rate(hyper.lr, progress, config.anneal_lr)
         actor, actor_opt = base.adam_step(agent.actor, agent.actor_opt, actor_grads, lr)
-
         critic_params, critic_opt = agent.critic, agent.critic_opt
-        value_loss = jnp.zeros(())
-        if config.baseline == "value":
-            value_loss, critic_grads = jax.value_and_grad(critic_loss)(
-                agent.critic, batch, to_go
-            )
+        if use_critic:
             critic_grads, _ = base.clip_by_global_norm(
-                critic_grads, hyper.max_grad_norm
+                grads["critic"], hyper.max_grad_norm
             )
             critic_lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
             critic_params, critic_opt = base.adam_step(
                 agent.critic, agent.critic_opt, critic_grads, critic_lr
             )
-        agent = base.ActorCriticState(actor, critic_params, actor_opt, critic_opt)
+        agent = agent.replace(
+            actor=actor,
+            critic=critic_params,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+        )
         return agent, {
             "policy_loss": policy_loss,
             "value_loss": value_loss,
