@@ -3,6 +3,16 @@
 Resolution order of every setting: TrainConfig default < preset for (algo, env)
 < flag given by the user. Bad input never raises a traceback: one line that
 names the flag, exit code 2, and no run folder is created.
+
+* ``--resume --run-dir D`` continues D from its newest checkpoint. Settings come
+  from D/config.json; flags may change only ``--total-timesteps`` (and the
+  host-side ``--checkpoint-every``, ``--keep-checkpoints``, ``--tensorboard``,
+  ``--eval-episodes``); any other differing flag is refused, naming it.
+* Numeric hyperparameters in :data:`pgjax.config.SWEEPABLE` accept comma lists
+  (``--lr 3e-4,1e-3 --ent-coef 0,0.01``): the product grid × ``--num-seeds``
+  trains as one vmapped program (see :func:`pgjax.runner.run`).
+* Exit codes: 0 done, 1 training failed (non-finite loss, checkpoint I/O), 2 bad
+  input, 130/143 stopped by SIGINT/SIGTERM (after saving a checkpoint).
 """
 
 from __future__ import annotations
@@ -16,10 +26,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pgjax import presets
-from pgjax.config import ConfigError, TrainConfig, flag_name, validate
+from pgjax.config import SWEEPABLE, ConfigError, TrainConfig, flag_name, validate
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_SIGINT = 130
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,6 +76,20 @@ def _parse_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _parse_float_list(text: str) -> float | tuple[float, ...]:
+    """A number, or a comma-separated list of numbers (a sweep)."""
+    parts = [part for part in text.split(",") if part.strip()]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 _PARSERS = {int: _parse_int, float: _parse_float, str: str, bool: _parse_bool}
 
 
@@ -88,6 +113,9 @@ def build_parser() -> OneLineParser:
         }
         if kind == tuple[int, ...]:
             kwargs.update(type=_parse_widths, metavar="W,W")
+        elif field.name in SWEEPABLE:
+            kwargs.update(type=_parse_float_list, metavar="X[,X...]")
+            kwargs["help"] += " (a comma list sweeps it)"
         elif kind is bool:
             kwargs.update(action=argparse.BooleanOptionalAction)
         else:
@@ -100,23 +128,62 @@ def build_parser() -> OneLineParser:
         help="run folder (default: a fresh runs/<algo>-<env>-<timestamp>)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the run in --run-dir from its newest checkpoint, to "
+            "--total-timesteps (default: the run's own); other flags must match "
+            "its config.json"
+        ),
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar"
     )
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < preset for (algo, env) < flags the user gave."""
+def _given(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list]]:
+    """The TrainConfig fields the user gave, and the swept lists among them."""
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainConfig)
         if hasattr(args, f.name)
     }
+    sweep = {
+        n: list(v) for n, v in given.items() if isinstance(v, tuple) and n in SWEEPABLE
+    }
+    for name, values in sweep.items():
+        given[name] = values[0]  # the config holds one value; the sweep the list
+    return given, sweep
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < preset for (algo, env) < flags the user gave.
+
+    A swept flag contributes its first value (:func:`resolve_sweep` has them all).
+    """
+    given, _ = _given(args)
     defaults = TrainConfig()
     algo = given.get("algo", defaults.algo)
     env = given.get("env", defaults.env)
     settings = {**presets.preset(algo, env), **given}
     return dataclasses.replace(defaults, **settings)
+
+
+def resolve_sweep(args: argparse.Namespace) -> dict[str, list[float]]:
+    """``{name: values}`` of the flags given as comma lists."""
+    return _given(args)[1]
+
+
+def validate_sweep(config: TrainConfig, sweep: dict[str, list[float]]) -> None:
+    """Validates every value of every swept list.
+
+    Raises:
+      ConfigError: naming the flag of the first invalid value.
+    """
+    for name, values in sweep.items():
+        for value in values:
+            validate(dataclasses.replace(config, **{name: value}))
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -130,10 +197,37 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 
 
 def train_main(argv: list[str] | None, start_time: float) -> int:
+    try:
+        return _train_main(argv, start_time)
+    except KeyboardInterrupt:  # before the runner's own handler is installed
+        print("train.py: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def _train_main(argv: list[str] | None, start_time: float) -> int:
     args = build_parser().parse_args(argv)
-    config = resolve_config(args)
+    if args.resume:
+        if args.run_dir is None:
+            return fail("--resume: needs --run-dir, the run folder to continue")
+        from pgjax import runner
+
+        try:
+            saved, saved_sweep = runner.load_run_config(args.run_dir)
+            given, given_sweep = _given(args)
+            config = dataclasses.replace(saved, **given)
+            sweep = {**saved_sweep, **given_sweep}
+            for name in saved_sweep:
+                if name in given and name not in given_sweep:
+                    sweep[name] = [given[name]]  # one value for a swept name
+            runner.check_resumable(saved, saved_sweep, config, sweep)
+        except runner.RunFolderError as error:
+            return fail(str(error))
+    else:
+        config = resolve_config(args)
+        sweep = resolve_sweep(args)
     try:
         validate(config)
+        validate_sweep(config, sweep)
     except ConfigError as error:
         return fail(str(error))
 
@@ -148,25 +242,50 @@ def train_main(argv: list[str] | None, start_time: float) -> int:
             flag = "--critic"
         return fail(f"{flag}: {error}")
 
-    run_dir = args.run_dir or default_run_dir(config)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        return fail(f"--run-dir: {run_dir} exists and is not empty")
-
     from pgjax import runner
+
+    if config.tensorboard and not runner.tensorboard_available():
+        return fail(
+            "--tensorboard: needs tensorboardX: pip install 'pgjax[tensorboard]'"
+        )
+
+    run_dir = args.run_dir or default_run_dir(config)
+    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        return fail(
+            f"--run-dir: {run_dir} exists and is not empty "
+            f"(add --resume to continue the run in it)"
+        )
 
     try:
         result = runner.run(
-            config, run_dir, start_time=start_time, progress=not args.no_progress
+            config,
+            run_dir,
+            start_time=start_time,
+            progress=not args.no_progress,
+            resume=args.resume,
+            sweep=sweep,
         )
-    except runner.NonFiniteError as error:
+    except runner.RunFolderError as error:
+        return fail(str(error))
+    except (runner.NonFiniteError, runner.CheckpointError) as error:
         return fail(str(error), EXIT_FAILED)
+    if result.signum is not None:
+        return 128 + result.signum
     summary = result.summary
     per_seed = ", ".join(f"{x:.1f}" for x in summary["eval_return_per_seed"])
     print(
         f"{config.algo} on {config.env}: eval_return {summary['eval_return']:.1f} "
         f"(per seed: {per_seed}); {summary['total_timesteps']:,} steps/seed, "
         f"{summary['steps_per_second']:,.0f} steps/s, compile "
-        f"{summary['compile_seconds']:.1f}s, wall {summary['wall_seconds']:.1f}s\n"
-        f"run folder: {run_dir}"
+        f"{summary['compile_seconds']:.1f}s, wall {summary['wall_seconds']:.1f}s"
     )
+    for entry in summary.get("configs", []):
+        values = ", ".join(f"{n}={entry[n]:g}" for n in SWEEPABLE if n in sweep)
+        final = entry["final_return"]
+        print(
+            f"  #{entry['rank']} config {entry['config']} ({values}): final_return "
+            f"{'–' if final is None else f'{final:.1f}'}, eval_return "
+            f"{entry['eval_return']:.1f}"
+        )
+    print(f"run folder: {run_dir}")
     return 0

@@ -86,7 +86,10 @@ class TrainConfig:
 
     # Host loop.
     updates_per_chunk: int = _field(
-        0, "updates per compiled chunk between host syncs (0 = automatic)"
+        0,
+        "updates per compiled chunk between host syncs and checkpoints (0 = "
+        "automatic, about 20 per run; the resolved value is stored in config.json "
+        "and kept by --resume)",
     )
     block_rows: int = _field(
         -1,
@@ -97,6 +100,20 @@ class TrainConfig:
         512, "envs whose observations estimate each update's KL (metrics, target-kl)"
     )
     eval_episodes: int = _field(128, "episodes per seed for the final evaluation")
+    checkpoint_every: int = _field(
+        0,
+        "updates between checkpoints of the whole training state, taken at the "
+        "first chunk boundary after each interval (0 = automatic: about every tenth of "
+        "total-timesteps; -1 = only at the end and on Ctrl-C)",
+    )
+    keep_checkpoints: int = _field(
+        3, "newest checkpoints kept in <run-dir>/checkpoints (older are deleted)"
+    )
+    tensorboard: bool = _field(
+        False,
+        "also log the metrics for TensorBoard in <run-dir>/tensorboard (needs "
+        "tensorboardX: pip install 'pgjax[tensorboard]')",
+    )
 
 
 # Fields copied into Hyperparams (traced scalars that vmap can sweep).
@@ -196,6 +213,8 @@ def validate(config: TrainConfig) -> None:
     need(config.seed >= 0, "seed", "a non-negative integer")
     need(config.updates_per_chunk >= 0, "updates_per_chunk", ">= 0 (0 = automatic)")
     need(config.block_rows >= -1, "block_rows", ">= -1 (-1 = auto)")
+    need(config.checkpoint_every >= -1, "checkpoint_every", ">= -1 (0 = automatic)")
+    need(config.keep_checkpoints > 0, "keep_checkpoints", "a positive integer")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")
     need(config.critic_epochs > 0, "critic_epochs", "a positive integer")
     for name in SWEEPABLE:

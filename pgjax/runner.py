@@ -1,27 +1,63 @@
 """The host loop: compile once, call the compiled chunk, report, write the run folder.
 
 This is the shell around the pure core (DESIGN.md): the only place with wall
-clocks, files, progress bars and signals. Per chunk it makes one call into the
-compiled program and one transfer of the chunk's metrics to the host; the
-device never waits on Python inside a chunk.
+clocks, files, progress bars, checkpoints and signals. Per chunk it makes one
+call into the compiled program and one transfer of the chunk's metrics to the
+host; the device never waits on Python inside a chunk.
 
 Run folder::
 
-  config.json     the resolved configuration
-  metrics.csv     one row per seed per update (long format)
+  config.json     the resolved configuration (updates_per_chunk resolved) and
+                  the swept lists ("sweep", empty when not sweeping)
+  metrics.csv     one row per seed (per configuration) per update (long format)
   summary.json    final and evaluation returns, speed, compile and wall time
   learning_curve.png
+  checkpoints/    the whole training state every --checkpoint-every updates,
+                  at the end and on Ctrl-C/SIGTERM (pgjax.checkpoints)
+  tensorboard/    with --tensorboard: one event folder per seed
+
+Durability (see :func:`run`):
+
+* **Checkpoints** are taken at chunk boundaries: the state a chunk returns is
+  copied to host memory before it is donated to the next chunk call, then
+  written in the background (orbax, atomic rename). Each holds the full
+  ``TrainState`` with its row axis and the host counters (steps, updates and
+  recent returns per row, seconds, rows of metrics.csv).
+* **Resume** (``run(..., resume=True)``) restores the newest checkpoint,
+  truncates metrics.csv to the rows it had, and continues with the *same
+  compiled program* (same ``updates_per_chunk``, read from config.json). On
+  CPU the continued run is bit-identical to one that was never stopped: every
+  metrics.csv value but ``wall_time`` and the final parameters. Only settings
+  in :data:`RESUME_MAY_CHANGE` may differ from config.json. A larger
+  ``total_timesteps`` extends the run; since learning-rate annealing is
+  ``lr·(1 − experience/total_timesteps)``, the schedule is then recomputed
+  against the new total (the learning rate jumps up at the resume point), so
+  a run extended from X to Y equals a straight run to Y only with
+  ``anneal_lr`` off.
+* **Signals**: the first SIGINT/SIGTERM lets the chunk in flight finish, saves
+  a checkpoint, writes summary.json with ``"interrupted": true`` and returns
+  (the CLI exits 130/143); a second one exits at once. Every file is written
+  atomically (temporary file or folder, then rename), so an abrupt exit leaves
+  the previous version of each file, never half of one.
+* **Sweeps**: ``sweep={"lr": [...], "ent_coef": [...]}`` trains the product
+  grid × ``num_seeds`` in one compiled program (the grid's hyperparameters
+  are ``[R]`` leaves of the vmapped state).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +66,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgjax import plotting
-from pgjax.config import TrainConfig
-from pgjax.train import Trainer, TrainState, make_train
+from pgjax.checkpoints import Checkpointer, CheckpointError
+from pgjax.config import SWEEPABLE, Hyperparams, TrainConfig, flag_name
+from pgjax.train import Trainer, TrainState, default_updates_per_chunk, make_train
+
+# Settings that a resumed run may change: they do not alter the computation.
+RESUME_MAY_CHANGE = (
+    "total_timesteps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "eval_episodes",
+)
+
+# An automatic checkpoint is skipped if the last save blocked training for more
+# than this fraction of the time since (keeps tiny runs' overhead bounded).
+AUTO_CHECKPOINT_MAX_OVERHEAD = 0.02
 
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN or infinite; training stopped."""
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be resumed; ``flag`` names the culprit CLI flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+class TensorBoardMissingError(RunFolderError):
+    """``--tensorboard`` was asked for but no writer library is installed."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -52,10 +114,215 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def config_to_json(config: TrainConfig) -> dict[str, Any]:
+def config_to_json(
+    config: TrainConfig, sweep: Mapping[str, Sequence[float]] | None = None
+) -> dict[str, Any]:
+    """config.json's content: every TrainConfig field, plus the swept lists."""
     data = dataclasses.asdict(config)
     data["hidden"] = list(config.hidden)
+    data["sweep"] = {name: list(values) for name, values in (sweep or {}).items()}
     return data
+
+
+def config_from_json(data: Mapping[str, Any]) -> tuple[TrainConfig, dict]:
+    """Inverse of :func:`config_to_json`: ``(config, sweep)``.
+
+    Fields missing from ``data`` (a run written by an older pgjax) take their
+    defaults; unknown keys are ignored.
+    """
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in data.items() if k in fields}
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    sweep = {k: [float(x) for x in v] for k, v in (data.get("sweep") or {}).items()}
+    return TrainConfig(**values), sweep
+
+
+def load_run_config(run_dir: Path) -> tuple[TrainConfig, dict[str, list[float]]]:
+    """Reads ``<run_dir>/config.json``.
+
+    Raises:
+      RunFolderError: (flag ``--run-dir``) no run folder or unreadable config.
+    """
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise RunFolderError("--run-dir", f"{run_dir} does not exist")
+    if not path.is_file():
+        raise RunFolderError(
+            "--run-dir", f"{run_dir} has no config.json (not a run folder)"
+        )
+    try:
+        return config_from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise RunFolderError("--run-dir", f"cannot read {path}: {error}") from None
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fixes settings resolved at run time (``updates_per_chunk = 0``).
+
+    The resolved chunk size is stored in config.json so that a resumed run
+    compiles the same program even when it changes ``total_timesteps`` (on
+    which the automatic chunk size depends).
+    """
+    if config.updates_per_chunk == 0:
+        config = dataclasses.replace(
+            config, updates_per_chunk=default_updates_per_chunk(config)
+        )
+    return config
+
+
+def check_resumable(
+    saved: TrainConfig,
+    saved_sweep: Mapping[str, Sequence[float]],
+    config: TrainConfig,
+    sweep: Mapping[str, Sequence[float]],
+) -> None:
+    """Refuses a resume whose settings differ from the run folder's.
+
+    Raises:
+      RunFolderError: naming the first differing flag.
+    """
+    allowed = ", ".join(flag_name(n) for n in RESUME_MAY_CHANGE)
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        if name in RESUME_MAY_CHANGE or name in sweep or name in saved_sweep:
+            continue
+        old, new = getattr(saved, name), getattr(config, name)
+        if old != new:
+            raise RunFolderError(
+                flag_name(name),
+                f"differs from the run being resumed (config.json has {old!r}, "
+                f"got {new!r}); a resume may only change {allowed}",
+            )
+    names = sorted(set(sweep) | set(saved_sweep))
+    for name in names:
+        old = [float(x) for x in saved_sweep.get(name, [getattr(saved, name)])]
+        new = [float(x) for x in sweep.get(name, [getattr(config, name)])]
+        if old != new:
+            raise RunFolderError(
+                flag_name(name),
+                f"differs from the run being resumed (config.json has "
+                f"{','.join(map(str, old))}, got {','.join(map(str, new))})",
+            )
+
+
+# --------------------------------------------------------------------- sweeps
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the rows of the vmapped state map to configurations and seeds.
+
+    Row ``r`` trains configuration ``r // num_seeds`` with seed
+    ``config.seed + r % num_seeds``; configurations are the product of the
+    swept lists, in :data:`~pgjax.config.SWEEPABLE` order (last name fastest).
+    """
+
+    names: tuple[str, ...]  # swept names, SWEEPABLE order
+    values: tuple[tuple[float, ...], ...]  # each name's list, as given
+    points: tuple[tuple[float, ...], ...]  # one tuple of values per configuration
+    num_seeds: int
+    first_seed: int
+
+    @property
+    def num_configs(self) -> int:
+        return len(self.points)
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_configs * self.num_seeds
+
+    @property
+    def swept(self) -> bool:
+        return bool(self.names)
+
+    def labels(self, row: int) -> dict[str, Any]:
+        """The fixed metrics.csv columns of a row: config, seed, swept values."""
+        config_index, seed_offset = divmod(row, self.num_seeds)
+        labels: dict[str, Any] = {}
+        if self.swept:
+            labels["config"] = config_index
+        labels["seed"] = self.first_seed + seed_offset
+        for name, value in zip(self.names, self.points[config_index], strict=True):
+            labels[name] = value
+        return labels
+
+    def label_columns(self) -> list[str]:
+        return (["config"] if self.swept else []) + ["seed", *self.names]
+
+
+def make_layout(
+    config: TrainConfig, sweep: Mapping[str, Sequence[float]] | None = None
+) -> Layout:
+    """The sweep grid (one point when not sweeping).
+
+    Raises:
+      ValueError: a swept name that is not in SWEEPABLE, or an empty list.
+    """
+    sweep = sweep or {}
+    unknown = [n for n in sweep if n not in SWEEPABLE]
+    if unknown:
+        raise ValueError(f"cannot sweep {unknown}: sweepable are {SWEEPABLE}")
+    names = tuple(n for n in SWEEPABLE if n in sweep)
+    for name in names:
+        if not sweep[name]:
+            raise ValueError(f"empty sweep list for {name}")
+    values = tuple(tuple(float(v) for v in sweep[n]) for n in names)
+    points = tuple(itertools.product(*values))
+    return Layout(names, values, points, config.num_seeds, config.seed)
+
+
+def grid_configs(config: TrainConfig, layout: Layout) -> list[TrainConfig]:
+    """One TrainConfig per configuration of the grid (for validation/reports)."""
+    return [
+        dataclasses.replace(config, **dict(zip(layout.names, point, strict=True)))
+        for point in layout.points
+    ]
+
+
+def row_hyper(config: TrainConfig, layout: Layout) -> Hyperparams:
+    """Hyperparams with ``[R]`` leaves for swept names (scalars otherwise)."""
+    hyper = Hyperparams.from_config(config)
+    if not layout.swept:
+        return hyper
+    swept = {}
+    for i, name in enumerate(layout.names):
+        per_config = np.asarray([p[i] for p in layout.points], np.float32)
+        swept[name] = jnp.asarray(np.repeat(per_config, layout.num_seeds))
+    return hyper.replace(**swept)
+
+
+def seed_keys(config: TrainConfig) -> jax.Array:
+    """One PRNG key per seed: ``PRNGKey(seed + i)`` for ``i < num_seeds``."""
+    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
+    return jax.vmap(jax.random.PRNGKey)(seeds)
+
+
+def row_keys(config: TrainConfig, layout: Layout) -> jax.Array:
+    """``[R]`` keys: the seeds' keys repeated for each configuration."""
+    return jnp.tile(seed_keys(config), (layout.num_configs, 1))
+
+
+def strong(tree: Any) -> Any:
+    """The same arrays without weak types.
+
+    The compiled chunk is specialised to exact input types; a restored state
+    has no weak types, so the fresh one must not have them either for both to
+    run the very same program.
+    """
+    return jax.tree.map(lambda x: x.astype(x.dtype), tree)
+
+
+def abstract_state(trainer: Trainer, layout: Layout) -> Any:
+    """Shapes and dtypes of the ``[R]`` state (for compiling and restoring)."""
+    config = trainer.config
+    shapes = jax.eval_shape(
+        trainer.init_batch, row_keys(config, layout), row_hyper(config, layout)
+    )
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes)
+
+
+# ---------------------------------------------------------------- metrics.csv
 
 
 def _fmt(value: Any) -> str:
@@ -80,8 +347,167 @@ class MetricsWriter:
             self._writer.writerow([_fmt(row.get(c, "")) for c in self.columns])
         self._file.flush()
 
+    def sync(self) -> None:
+        """Flushes to disk (before a checkpoint records the row count)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def close(self) -> None:
         self._file.close()
+
+
+def truncate_metrics(path: Path, columns: list[str], rows: int) -> int:
+    """Keeps the header and the first ``rows`` data rows of metrics.csv.
+
+    Rewrites the file atomically. Returns the number of rows kept (fewer than
+    ``rows`` only if the file lost rows, e.g. in an OS crash).
+
+    Raises:
+      RunFolderError: the header does not match ``columns``.
+    """
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    if not lines:
+        return 0
+    header = next(csv.reader([lines[0]]))
+    if header != columns:
+        raise RunFolderError(
+            "--run-dir",
+            f"{path} has columns {','.join(header)}, expected {','.join(columns)}",
+        )
+    kept = [line for line in lines[1 : rows + 1] if line.endswith("\n")]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        f.writelines([lines[0], *kept])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(kept)
+
+
+# ------------------------------------------------------------------ TensorBoard
+
+
+def tensorboard_available() -> bool:
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorBoardLogger:
+    """Writes metrics.csv's rows as TensorBoard scalars, one run per row.
+
+    Runs are ``tensorboard/seed_<s>`` (``config_<c>/seed_<s>`` in a sweep); the
+    x-axis is environment steps. On resume, events past the checkpoint are
+    purged (``purge_step``), as metrics.csv's rows are truncated.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        layout: Layout,
+        metric_names: Sequence[str],
+        purge_steps: Sequence[int | None],
+    ):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise TensorBoardMissingError(
+                "--tensorboard",
+                "needs tensorboardX: pip install 'pgjax[tensorboard]'",
+            ) from None
+        self.metric_names = list(metric_names)
+        self.writers = []
+        for row in range(layout.num_rows):
+            labels = layout.labels(row)
+            name = f"seed_{labels['seed']}"
+            if layout.swept:
+                name = f"config_{labels['config']}/{name}"
+            self.writers.append(
+                SummaryWriter(
+                    logdir=str(run_dir / "tensorboard" / name),
+                    purge_step=purge_steps[row],
+                    flush_secs=30,
+                )
+            )
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            writer = self.writers[row["_row"]]
+            for name in self.metric_names:
+                value = row.get(name)
+                if value is not None and math.isfinite(value):
+                    writer.add_scalar(name, value, global_step=row["step"])
+        for writer in self.writers:
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+# --------------------------------------------------------------------- signals
+
+
+class Interrupts:
+    """First SIGINT/SIGTERM: request a stop; a second one: exit at once.
+
+    The training loop waits for the device with interruptible waits (see
+    :func:`_wait`), so the handler runs promptly even during a long chunk.
+    Installed only in the main thread; previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            print(
+                f"\n{name}: finishing the chunk in flight, then saving a checkpoint "
+                f"(send it again to quit at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        print(
+            f"\n{name} again: exiting now; the last complete checkpoint is kept",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(128 + signum)
+
+
+def _wait(pool: concurrent.futures.Executor, fn: Callable, *args) -> Any:
+    """Runs ``fn`` in the worker thread; the main thread waits interruptibly.
+
+    A blocking device call in the main thread would defer Python signal
+    handlers until it returns; waiting on a future lets them run at once.
+    """
+    return pool.submit(fn, *args).result()
+
+
+# ------------------------------------------------------------------------- run
 
 
 @dataclasses.dataclass
@@ -91,12 +517,7 @@ class RunResult:
     summary: dict[str, Any]
     state: TrainState
     run_dir: Path
-
-
-def seed_keys(config: TrainConfig) -> jax.Array:
-    """One PRNG key per seed: ``PRNGKey(seed + i)`` for ``i < num_seeds``."""
-    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
-    return jax.vmap(jax.random.PRNGKey)(seeds)
+    signum: int | None = None  # the signal that interrupted the run, if any
 
 
 def first_non_finite(
@@ -112,119 +533,360 @@ def first_non_finite(
     return None
 
 
+@dataclasses.dataclass
+class _Host:
+    """Host-side counters (saved in every checkpoint)."""
+
+    steps: np.ndarray  # [R] env steps per row
+    updates: np.ndarray  # [R]
+    recent: np.ndarray  # [R] latest finite episode return (NaN: none yet)
+    train_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    wall_seconds: float = 0.0  # at the checkpoint, over all sessions
+    csv_rows: int = 0
+    chunks: int = 0
+    sessions: int = 1
+
+    @classmethod
+    def fresh(cls, rows: int) -> _Host:
+        return cls(
+            steps=np.zeros(rows, np.int64),
+            updates=np.zeros(rows, np.int64),
+            recent=np.full(rows, np.nan),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": [int(x) for x in self.steps],
+            "updates": [int(x) for x in self.updates],
+            "recent": [_num(x) for x in self.recent],
+            "train_seconds": self.train_seconds,
+            "compile_seconds": self.compile_seconds,
+            "wall_seconds": self.wall_seconds,
+            "csv_rows": self.csv_rows,
+            "chunks": self.chunks,
+            "sessions": self.sessions,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], rows: int) -> _Host:
+        host = cls(
+            steps=np.asarray(data["steps"], np.int64),
+            updates=np.asarray(data["updates"], np.int64),
+            recent=np.asarray(
+                [math.nan if x is None else x for x in data["recent"]], np.float64
+            ),
+            train_seconds=float(data["train_seconds"]),
+            compile_seconds=float(data["compile_seconds"]),
+            wall_seconds=float(data["wall_seconds"]),
+            csv_rows=int(data["csv_rows"]),
+            chunks=int(data["chunks"]),
+            sessions=int(data.get("sessions", 1)) + 1,
+        )
+        if host.steps.shape != (rows,):
+            raise CheckpointError(
+                f"checkpoint has {host.steps.shape[0]} rows, expected {rows}"
+            )
+        return host
+
+    @property
+    def step(self) -> int:
+        """The checkpoint label: env steps per seed (largest over rows)."""
+        return int(self.steps.max())
+
+
 def run(
     config: TrainConfig,
     run_dir: Path,
     start_time: float | None = None,
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    resume: bool = False,
+    sweep: Mapping[str, Sequence[float]] | None = None,
+    handle_signals: bool = True,
 ) -> RunResult:
-    """Trains ``config.num_seeds`` seeds and writes the run folder.
+    """Trains ``config.num_seeds`` seeds (per swept configuration), writes the folder.
 
     Args:
       config: a validated configuration.
       run_dir: the run folder (created if missing).
-      start_time: ``time.time()`` at process start; ``wall_time`` counts from it.
+      start_time: ``time.time()`` at process start; ``wall_time`` counts from it
+        (on resume, from the first session: the checkpoint's elapsed wall time
+        is added).
       progress: show a progress bar on stderr.
-      on_chunk: optional callback with the chunk's summary (for tests/tools).
+      on_chunk: optional callback after each chunk (for tests and tools) with
+        ``steps``, ``updates`` (per row), ``chunks`` and ``checkpoint`` (the
+        newest checkpoint's step, or None).
+      resume: continue the run in ``run_dir`` from its newest checkpoint (from
+        the start if it has none). ``config`` must equal config.json except
+        for :data:`RESUME_MAY_CHANGE`; ``updates_per_chunk = 0`` takes the
+        stored value.
+      sweep: ``{name: values}`` for names in SWEEPABLE; trains the product grid
+        × ``num_seeds`` as rows of one vmapped program (``config``'s own value
+        of a swept name is ignored).
+      handle_signals: catch SIGINT/SIGTERM (main thread only): the first stops
+        after the chunk in flight with a checkpoint; a second exits at once.
+
+    Returns:
+      The summary (also in summary.json; ``"interrupted": true`` when a signal
+      stopped the run, and then no evaluation), the final state and the
+      interrupting signal.
 
     Raises:
       NonFiniteError: a loss or gradient norm became NaN/inf; the message names
-        the update and the metric.
+        the update and the metric. The last checkpoint is kept.
+      RunFolderError: ``resume`` with a missing or incompatible run folder, or
+        ``tensorboard`` without tensorboardX.
+      CheckpointError: a checkpoint could not be written or read.
     """
     start_time = time.time() if start_time is None else start_time
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", config_to_json(config))
-
+    sweep = {name: [float(v) for v in values] for name, values in (sweep or {}).items()}
+    if resume:
+        saved, saved_sweep = load_run_config(run_dir)
+        if config.updates_per_chunk == 0:
+            config = dataclasses.replace(
+                config, updates_per_chunk=saved.updates_per_chunk
+            )
+        check_resumable(saved, saved_sweep, config, sweep)
+    config = resolve_config(config)
+    if config.tensorboard and not tensorboard_available():
+        raise TensorBoardMissingError(
+            "--tensorboard", "needs tensorboardX: pip install 'pgjax[tensorboard]'"
+        )
+    layout = make_layout(config, sweep)
     trainer: Trainer = make_train(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_json_atomic(run_dir / "config.json", config_to_json(config, sweep))
+
     checked = tuple(
         n for n in trainer.algorithm.metric_names if n not in ("learning_rate",)
     )
-    compile_start = time.time()
-    state = jax.jit(trainer.init_batch)(seed_keys(config))
-    chunk_fn = (
-        jax.jit(trainer.train_chunk_batch, donate_argnums=0).lower(state).compile()
-    )
-    compile_seconds = time.time() - compile_start
+    columns = [*layout.label_columns(), "update", "step", "wall_time"]
+    columns += list(trainer.metric_names)
+    abstract = abstract_state(trainer, layout)
 
-    columns = ["seed", "update", "step", "wall_time", *trainer.metric_names]
-    writer = MetricsWriter(run_dir / "metrics.csv", columns)
-    seeds = list(range(config.seed, config.seed + config.num_seeds))
-    steps = np.zeros(config.num_seeds, dtype=np.int64)
-    updates = np.zeros(config.num_seeds, dtype=np.int64)
-    recent = np.full(config.num_seeds, np.nan)
-    bar = _progress_bar(config, progress)
-    train_seconds = 0.0
+    interrupts = Interrupts(handle_signals)
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgjax-run")
+    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
+    writer = tensorboard = bar = None
     try:
-        while True:
-            chunk_start = time.time()
-            new_state, metrics = chunk_fn(state)
-            metrics = jax.device_get(metrics)
-            chunk_end = time.time()
-            train_seconds += chunk_end - chunk_start
-            bad = first_non_finite(metrics, checked)
-            if bad is not None:
-                slot, name = bad
-                update = int(updates.min()) + slot + 1
-                raise NonFiniteError(
-                    f"non-finite {name} at update {update}: training stopped; "
-                    f"the run folder keeps the metrics up to the previous chunk"
+        with interrupts:
+            # -- state: fresh, or the newest checkpoint.
+            host = _Host.fresh(layout.num_rows)
+            resumed_from = None
+            compile_start = time.time()
+            if resume and checkpointer.latest_step() is not None:
+                state, host_json, resumed_from = checkpointer.restore(abstract)
+                host = _Host.from_json(host_json, layout.num_rows)
+                if host.steps.min() > config.total_timesteps:
+                    raise RunFolderError(
+                        "--total-timesteps",
+                        f"the run already has {int(host.steps.min())} steps per "
+                        f"seed at its newest checkpoint; give at least that",
+                    )
+                checkpointer.delete_after(resumed_from)  # unreadable newer ones
+            else:
+                keys, hyper = row_keys(config, layout), row_hyper(config, layout)
+                init = jax.jit(lambda k, h: strong(trainer.init_batch(k, h)))
+                state = _wait(pool, init, keys, hyper)
+            if resume:
+                kept = truncate_metrics(run_dir / "metrics.csv", columns, host.csv_rows)
+                if kept < host.csv_rows:
+                    print(
+                        f"warning: metrics.csv had only {kept} of the "
+                        f"{host.csv_rows} rows of checkpoint {resumed_from}",
+                        file=sys.stderr,
+                    )
+                host.csv_rows = kept
+                write_json_atomic(
+                    run_dir / "config.json", config_to_json(config, sweep)
                 )
-            state = new_state
-            rows = _rows(
-                metrics, seeds, steps, updates, chunk_start, chunk_end, start_time
+            chunk_fn = _wait(
+                pool,
+                lambda: (
+                    jax.jit(trainer.train_chunk_batch, donate_argnums=0)
+                    .lower(abstract)
+                    .compile()
+                ),
             )
-            writer.write(rows)
-            for row in rows:
-                if math.isfinite(row["episode_return"]):
-                    recent[seeds.index(row["seed"])] = row["episode_return"]
-            bar.update(int(steps.min()) - bar.n)
-            bar.set_postfix(
-                ret=f"{np.nanmean(recent):.1f}" if np.isfinite(recent).any() else "–",
-                sps=f"{steps.sum() / max(train_seconds, 1e-9):,.0f}",
-            )
-            if on_chunk is not None:
-                on_chunk({"steps": steps.copy(), "updates": updates.copy()})
-            if not np.any(metrics["active"][:, -1]) or np.all(
-                steps >= config.total_timesteps
-            ):
-                break
-    finally:
-        bar.close()
-        writer.close()
+            compile_seconds = time.time() - compile_start
+            host.compile_seconds += compile_seconds
 
-    eval_returns = evaluate_seeds(trainer, state, config.eval_episodes)
-    wall_seconds = time.time() - start_time
-    final_returns = recent
-    summary = {
-        "algo": config.algo,
-        "env": config.env,
-        "num_seeds": config.num_seeds,
-        "final_return": _nanmean(final_returns),
-        "final_return_per_seed": [_num(x) for x in final_returns],
-        "eval_return": float(np.mean(eval_returns)),
-        "eval_return_per_seed": [float(x) for x in eval_returns],
-        "eval_episodes": config.eval_episodes,
-        "steps_per_second": float(steps.sum() / max(train_seconds, 1e-9)),
-        "compile_seconds": compile_seconds,
-        "train_seconds": train_seconds,
-        "wall_seconds": wall_seconds,
-        "total_timesteps": int(steps.min()),
-        "updates": int(updates.max()),
-        "interrupted": False,
-    }
-    write_json_atomic(run_dir / "summary.json", summary)
-    plotting.plot_runs(
-        [run_dir],
-        run_dir / "learning_curve.png",
-        title=f"{config.algo} on {config.env}",
-    )
-    return RunResult(summary=summary, state=state, run_dir=run_dir)
+            writer = MetricsWriter(run_dir / "metrics.csv", columns)
+            if config.tensorboard:
+                purge = [int(s) + 1 if s > 0 else None for s in host.steps]
+                tensorboard = TensorBoardLogger(
+                    run_dir, layout, trainer.metric_names, purge
+                )
+            bar = _progress_bar(config, progress, int(host.steps.min()))
+            wall_offset = host.wall_seconds
+            last_saved = _SaveMarker.at(config, host, resumed_from)
+
+            def save(final: bool = False) -> None:
+                if last_saved.step == host.step:
+                    return
+                writer.sync()
+                now = time.time()
+                host.wall_seconds = wall_offset + now - start_time
+                checkpointer.save(host.step, state, host.to_json())
+                last_saved.update(host, time.time() - now)
+                if final:
+                    checkpointer.wait()
+
+            while not interrupts.signum and not np.all(
+                host.steps >= config.total_timesteps
+            ):
+                chunk_start = time.time()
+                new_state, metrics = _wait(pool, _call_chunk, chunk_fn, state)
+                chunk_end = time.time()
+                host.train_seconds += chunk_end - chunk_start
+                bad = first_non_finite(metrics, checked)
+                if bad is not None:
+                    slot, name = bad
+                    update = int(host.updates.min()) + slot + 1
+                    raise NonFiniteError(
+                        f"non-finite {name} at update {update}: training stopped; "
+                        f"the run folder keeps the metrics up to the previous chunk "
+                        f"and the last checkpoint"
+                    )
+                state = new_state
+                host.chunks += 1
+                rows = _rows(
+                    metrics,
+                    layout,
+                    host,
+                    chunk_start - start_time + wall_offset,
+                    chunk_end - start_time + wall_offset,
+                )
+                writer.write(rows)
+                host.csv_rows += len(rows)
+                if tensorboard is not None:
+                    tensorboard.write(rows)
+                bar.update(int(host.steps.min()) - bar.n)
+                bar.set_postfix(
+                    ret=f"{np.nanmean(host.recent):.1f}"
+                    if np.isfinite(host.recent).any()
+                    else "–",
+                    sps=f"{host.steps.sum() / max(host.train_seconds, 1e-9):,.0f}",
+                )
+                finished = not np.any(metrics["active"][:, -1]) or np.all(
+                    host.steps >= config.total_timesteps
+                )
+                if not finished and _checkpoint_due(config, host, last_saved):
+                    save()
+                if on_chunk is not None:
+                    on_chunk(
+                        {
+                            "steps": host.steps.copy(),
+                            "updates": host.updates.copy(),
+                            "chunks": host.chunks,
+                            "checkpoint": last_saved.step,
+                        }
+                    )
+                if finished:
+                    break
+
+            save(final=True)
+            signum = interrupts.signum
+            if signum is None:
+                eval_returns = _wait(
+                    pool, evaluate_seeds, trainer, state, config.eval_episodes
+                )
+            else:
+                eval_returns = None
+            wall_seconds = wall_offset + time.time() - start_time
+            summary = _summary(
+                config, layout, host, eval_returns, wall_seconds, compile_seconds
+            )
+            summary["checkpoint"] = last_saved.step
+            if resumed_from is not None:
+                summary["resumed_from"] = resumed_from
+            if signum is not None:
+                name = signal.Signals(signum).name
+                summary["interrupted"] = True
+                summary["signal"] = name
+                print(
+                    f"{name}: stopped at {host.step:,} steps per seed; checkpoint "
+                    f"saved; continue with: python scripts/train.py --resume "
+                    f"--run-dir {run_dir}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            write_json_atomic(run_dir / "summary.json", summary)
+            title = f"{config.algo} on {config.env}"
+            plotting.plot_runs(
+                [run_dir],
+                run_dir / "learning_curve.png",
+                group_by=layout.names,
+                title=title + (" (interrupted)" if signum is not None else ""),
+            )
+    finally:
+        for closeable in (bar, writer, tensorboard):
+            if closeable is not None:
+                closeable.close()
+        try:
+            checkpointer.close()
+        finally:
+            pool.shutdown(wait=True)
+    return RunResult(summary=summary, state=state, run_dir=run_dir, signum=signum)
+
+
+def _call_chunk(chunk_fn, state):
+    new_state, metrics = chunk_fn(state)
+    return new_state, jax.device_get(metrics)
+
+
+@dataclasses.dataclass
+class _SaveMarker:
+    """When and where the newest checkpoint was taken."""
+
+    step: int | None  # its label (None: no checkpoint yet)
+    updates: int  # updates.max() then
+    tenth: int  # steps.min() // tenth_size then
+    tenth_size: int  # total_timesteps // 10
+    cost: float = 0.0  # seconds the save blocked training
+    end: float = 0.0  # time.time() when it returned
+
+    @classmethod
+    def at(cls, config: TrainConfig, host: _Host, step: int | None) -> _SaveMarker:
+        tenth_size = max(1, config.total_timesteps // 10)
+        return cls(
+            step=step,
+            updates=int(host.updates.max()),
+            tenth=int(host.steps.min()) // tenth_size,
+            tenth_size=tenth_size,
+            end=time.time(),
+        )
+
+    def update(self, host: _Host, cost: float) -> None:
+        self.step = host.step
+        self.updates = int(host.updates.max())
+        self.tenth = int(host.steps.min()) // self.tenth_size
+        self.cost, self.end = cost, time.time()
+
+
+def _checkpoint_due(config: TrainConfig, host: _Host, last: _SaveMarker) -> bool:
+    """Whether to checkpoint at this chunk boundary (the end is always saved).
+
+    ``checkpoint_every > 0``: once that many updates passed since the last
+    checkpoint. ``0`` (automatic): at the first boundary past each tenth of
+    ``total_timesteps`` (per-seed steps, slowest row), unless the last save
+    blocked training for more than 2% of the time since (tiny runs).
+    """
+    if config.checkpoint_every < 0:
+        return False
+    if config.checkpoint_every > 0:
+        return int(host.updates.max()) - last.updates >= config.checkpoint_every
+    if int(host.steps.min()) // last.tenth_size <= last.tenth:
+        return False
+    return last.cost <= AUTO_CHECKPOINT_MAX_OVERHEAD * (time.time() - last.end)
 
 
 def evaluate_seeds(trainer: Trainer, state: TrainState, episodes: int) -> np.ndarray:
-    """Mean mode-action return of ``episodes`` fresh episodes for each seed."""
+    """Mean mode-action return of ``episodes`` fresh episodes for each row."""
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 2**20)
     returns = jax.jit(
         jax.vmap(lambda s, k: trainer.evaluate(s, k, episodes, deterministic=True))
@@ -232,40 +894,104 @@ def evaluate_seeds(trainer: Trainer, state: TrainState, episodes: int) -> np.nda
     return np.asarray(jax.device_get(returns)).mean(axis=1)
 
 
-def _rows(metrics, seeds, steps, updates, chunk_start, chunk_end, start_time):
-    """Turns ``[S, K]`` chunk metrics into CSV rows (active slots only).
+def _summary(
+    config: TrainConfig,
+    layout: Layout,
+    host: _Host,
+    eval_returns: np.ndarray | None,
+    wall_seconds: float,
+    compile_seconds: float,
+) -> dict[str, Any]:
+    final_returns = host.recent
+    summary: dict[str, Any] = {
+        "algo": config.algo,
+        "env": config.env,
+        "num_seeds": config.num_seeds,
+        "final_return": _nanmean(final_returns),
+        "final_return_per_seed": [_num(x) for x in final_returns],
+        "eval_return": None if eval_returns is None else float(np.mean(eval_returns)),
+        "eval_return_per_seed": []
+        if eval_returns is None
+        else [float(x) for x in eval_returns],
+        "eval_episodes": config.eval_episodes,
+        "steps_per_second": float(host.steps.sum() / max(host.train_seconds, 1e-9)),
+        "compile_seconds": compile_seconds,
+        "compile_seconds_all_sessions": host.compile_seconds,
+        "train_seconds": host.train_seconds,
+        "wall_seconds": wall_seconds,
+        "total_timesteps": int(host.steps.min()),
+        "updates": int(host.updates.max()),
+        "sessions": host.sessions,
+        "interrupted": False,
+    }
+    if layout.swept:
+        configs = []
+        for c, point in enumerate(layout.points):
+            rows = slice(c * layout.num_seeds, (c + 1) * layout.num_seeds)
+            entry = {"config": c, **dict(zip(layout.names, point, strict=True))}
+            entry["final_return"] = _nanmean(final_returns[rows])
+            entry["final_return_per_seed"] = [_num(x) for x in final_returns[rows]]
+            if eval_returns is not None:
+                entry["eval_return"] = float(np.mean(eval_returns[rows]))
+                entry["eval_return_per_seed"] = [float(x) for x in eval_returns[rows]]
+            configs.append(entry)
+        ranked = sorted(
+            configs,
+            key=lambda e: -math.inf if e["final_return"] is None else e["final_return"],
+            reverse=True,
+        )
+        for rank, entry in enumerate(ranked, 1):
+            entry["rank"] = rank
+        summary["sweep"] = {
+            name: list(values)
+            for name, values in zip(layout.names, layout.values, strict=True)
+        }
+        summary["configs"] = ranked
+        summary["best"] = {k: ranked[0][k] for k in ("config", *layout.names)}
+    return summary
 
-    Rows of one chunk arrive together; their ``wall_time`` is interpolated
-    linearly over the chunk's duration.
+
+def _rows(metrics, layout: Layout, host: _Host, chunk_start, chunk_end):
+    """Turns ``[R, K]`` chunk metrics into CSV rows (active slots only).
+
+    Updates ``host``'s steps, updates and recent returns. Rows of one chunk
+    arrive together; their ``wall_time`` is interpolated linearly over the
+    chunk's duration (``chunk_start``/``chunk_end`` are already wall times).
     """
     active = metrics["active"]
     num_slots = active.shape[1]
+    labels = [layout.labels(i) for i in range(active.shape[0])]
     rows = []
     for slot in range(num_slots):
         wall = chunk_start + (slot + 1) / num_slots * (chunk_end - chunk_start)
-        for i, seed in enumerate(seeds):
+        for i in range(active.shape[0]):
             if not active[i, slot]:
                 continue
-            steps[i] += int(metrics["env_steps"][i, slot])
-            updates[i] += 1
+            host.steps[i] += int(metrics["env_steps"][i, slot])
+            host.updates[i] += 1
             row = {
-                "seed": seed,
-                "update": int(updates[i]),
-                "step": int(steps[i]),
-                "wall_time": wall - start_time,
+                **labels[i],
+                "update": int(host.updates[i]),
+                "step": int(host.steps[i]),
+                "wall_time": wall,
+                "_row": i,
             }
             for name, values in metrics.items():
                 if name != "active":
                     row[name] = values[i, slot].item()
+            value = row["episode_return"]
+            if math.isfinite(value):
+                host.recent[i] = value
             rows.append(row)
     return rows
 
 
-def _progress_bar(config: TrainConfig, enabled: bool):
+def _progress_bar(config: TrainConfig, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
     return tqdm(
         total=config.total_timesteps,
+        initial=initial,
         disable=not enabled,
         unit="step",
         unit_scale=True,

@@ -65,13 +65,13 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
 
     def v_targets(params, batch: rollout.Transition, hyper: Hyperparams):
         """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
-        values, next_values = base.blocked_map(
-            lambda b: (
-                critic.apply(params["critic"], b[0]),
-                critic.apply(params["critic"], b[1]),
-            ),
-            (batch.obs, batch.next_obs),
-            block_rows,
+
+        def value_fn(obs):
+            return critic.apply(params["critic"], obs)
+
+        values = base.blocked_map(value_fn, batch.obs, block_rows)
+        next_values = base.next_state_values(
+            value_fn, batch, values, spec.max_episode_steps
         )
         rewards = batch.reward * hyper.reward_scale
         discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))

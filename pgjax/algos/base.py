@@ -175,6 +175,47 @@ def blocked_map(fn, data, block_rows: int):
     return jax.tree.map(lambda y: y.reshape(time, envs, *y.shape[2:]), out)
 
 
+def next_state_values(value_fn, batch, values: Array, max_episode_steps: int):
+    """``V(s_{t+1})`` of the true next states ``[T, N]`` without a second full pass.
+
+    Inside an episode the next state is the next row's state, so its value is
+    ``values[t + 1]``; after the last row it is ``V(next_obs[T − 1])``. Where the
+    episode ended the next row holds a reset observation instead: after a
+    termination the discount is 0 and the value is never used, but after a
+    truncation the value of the true final observation is needed. gymnax
+    truncates when an episode's step count reaches ``max_episode_steps``, so
+    one env is truncated at most ``m = ⌈T / max_episode_steps⌉`` times in ``T``
+    steps: gathering those ``m·N`` observations is exact, and costs ``(1 + m)/T``
+    of evaluating every ``next_obs``.
+
+    Args:
+      value_fn: ``obs [..., *obs_shape] → values [...]``.
+      batch: a :class:`~pgjax.rollout.Transition` ``[T, N, ...]``.
+      values: ``[T, N]`` ``V(obs)`` under the same ``value_fn``.
+      max_episode_steps: the env's time limit.
+    """
+    time = values.shape[0]
+    last = value_fn(batch.next_obs[-1])
+    shifted = jnp.concatenate([values[1:], last[None]], axis=0)
+    per_env = -(-time // max_episode_steps)
+    rows = jax.vmap(
+        lambda column: jnp.nonzero(column, size=per_env, fill_value=time - 1)[0],
+        in_axes=1,
+        out_axes=1,
+    )(batch.truncated)  # [m, N]
+    final_obs = jax.vmap(lambda obs, r: obs[r], in_axes=(1, 1), out_axes=1)(
+        batch.next_obs, rows
+    )  # [m, N, *obs_shape]
+    final_values = value_fn(final_obs)  # [m, N]
+    # Dense scatter: Σ_j onehot(row_j)·v_j (a fill index T−1 repeats row T−1,
+    # whose value it equals, so averaging the hits keeps it exact).
+    hits = jax.nn.one_hot(rows, time, axis=0, dtype=values.dtype)  # [T, m, N]
+    truncated_values = jnp.sum(hits * final_values[None], axis=1) / jnp.maximum(
+        jnp.sum(hits, axis=1), 1.0
+    )
+    return jnp.where(batch.truncated, truncated_values, shifted)
+
+
 def steps_per_time_block(horizon: int, num_envs: int, block_rows: int) -> int:
     """Largest divisor ``k`` of ``horizon`` with ``k·num_envs <= block_rows``.
 

@@ -72,13 +72,12 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
         return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
 
     def advantages_and_targets(critic_params, batch, hyper: Hyperparams):
-        values, next_values = base.blocked_map(
-            lambda b: (
-                critic.apply(critic_params, b[0]),
-                critic.apply(critic_params, b[1]),
-            ),
-            (batch.obs, batch.next_obs),
-            block_rows,
+        def value_fn(obs):
+            return critic.apply(critic_params, obs)
+
+        values = base.blocked_map(value_fn, batch.obs, block_rows)
+        next_values = base.next_state_values(
+            value_fn, batch, values, spec.max_episode_steps
         )
         rewards = batch.reward * hyper.reward_scale
         discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
