@@ -132,6 +132,10 @@ def bench_reference(
 
 def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
     """Training steps/s of ``updates`` updates, compile time, memory, phase split."""
+    if config.algo == "reinforce":
+        # One update is a whole episode per env (up to 500 steps on CartPole):
+        # a few updates already hold millions of steps.
+        updates, repeats = max(1, updates // 5), max(1, min(repeats, 3))
     trainer = make_train(dataclasses.replace(config, updates_per_chunk=updates))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
     state = jax.jit(trainer.init_batch)(keys)
