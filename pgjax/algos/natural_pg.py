@@ -123,8 +123,22 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
             entropy = jnp.mean(dist.entropy())
             return jnp.mean(ratio * advantages) + hyper.ent_coef * entropy, entropy
 
-        (objective, entropy), grads = jax.value_and_grad(surrogate, has_aux=True)(
-            agent.actor
+        count = base.num_blocks(batch.reward.size, block_rows)
+
+        def block_surrogate(actor_params, block):
+            obs, action, old, adv = block
+            dist = policy.apply(actor_params, obs)
+            ratio = jnp.exp(dist.log_prob(action) - old)
+            entropy = jnp.mean(dist.entropy())
+            objective = jnp.mean(ratio * adv) + hyper.ent_coef * entropy
+            return objective / count, (objective / count, entropy / count)
+
+        # The gradient of the surrogate at θ_old (cache-sized blocks on a CPU).
+        grads, (objective, entropy) = base.blocked_grad(
+            block_surrogate,
+            agent.actor,
+            (batch.obs, batch.action, old_log_prob, advantages),
+            block_rows,
         )
         kl_obs = batch.obs[:, : config.kl_envs]
         old_dist = jax.lax.stop_gradient(policy.apply(agent.actor, kl_obs))
