@@ -103,8 +103,9 @@ class TrainConfig:
     checkpoint_every: int = _field(
         0,
         "updates between checkpoints of the whole training state, taken at the "
-        "first chunk boundary after each interval (0 = automatic: about every tenth of "
-        "total-timesteps; -1 = only at the end and on Ctrl-C)",
+        "first chunk boundary after each interval (0 = automatic: past each tenth "
+        "of total-timesteps, at most once a minute; -1 = only at the end and on "
+        "Ctrl-C/SIGTERM)",
     )
     keep_checkpoints: int = _field(
         3, "newest checkpoints kept in <run-dir>/checkpoints (older are deleted)"
@@ -205,6 +206,14 @@ def validate(config: TrainConfig) -> None:
         "kl_envs",
     ):
         need(getattr(config, name) > 0, name, "a positive integer")
+    # Counters are int32 on device: one update's steps must fit, and so must
+    # the total.
+    need(config.num_envs <= 2**24, "num_envs", "at most 2**24 (16,777,216)")
+    need(
+        config.num_envs * config.num_steps <= 2**31 - 1,
+        "num_steps",
+        "small enough that num_envs × num_steps < 2**31",
+    )
     need(
         0 < config.total_timesteps <= 2**31 - 1,
         "total_timesteps",

@@ -8,6 +8,7 @@ https://andyljones.com/posts/rl-debugging.html):
 ``ProbeOneStep-v0``        the policy gradient and the value regression at all
 ``ProbeTwoStep-v0``        discounting and credit assignment across steps
 ``ProbeConstantReward-v0`` bootstrapping on truncation (time limit ≠ terminal)
+``ProbeTruncatedState-v0`` bootstrapping from the final obs, not the reset one
 ``ProbeContinuous-v0``     Gaussian policies and action clipping
 =========================  ===================================================
 
@@ -180,6 +181,34 @@ class ProbeConstantReward(_Probe):
         return self._transition(_state(state.time + 1), params, 1.0)
 
 
+class ProbeTruncatedState(_Probe):
+    """Two states that alternate, A → B → A → ...; truncated after 3 steps.
+
+    Observation: one-hot of the state, ``A = [1, 0]``, ``B = [0, 1]``. The step
+    from A pays +1, the step from B pays 0; actions do nothing; the episode
+    never terminates and the time limit cuts it after 3 steps (A, B, A), so
+    the final observation (B) differs from the reset one (A). Right answer
+    (γ = 0.9): ``V(A) = 1/(1 − γ²) ≈ 5.26``, ``V(B) = γ/(1 − γ²) ≈ 4.74``.
+    A critic that bootstraps the truncated step from the reset observation
+    instead of the final one learns ``V(A) = 1/(1 − γ(1 + γ)/2) ≈ 6.9``; one
+    that treats truncation as termination learns ``V(A) ≈ 1.7``. (With
+    :class:`ProbeConstantReward` the two observations are the same, so only
+    this probe catches the first mistake.)
+    """
+
+    env_id = "ProbeTruncatedState-v0"
+    obs_dim = 2
+    max_steps = 3
+
+    def get_obs(self, state: ProbeState, params=None, key=None) -> Array:
+        return jax.nn.one_hot(state.time % 2, 2, dtype=jnp.float32)
+
+    def step_env(self, key, state, action, params):
+        del key, action
+        reward = (state.time % 2 == 0).astype(jnp.float32)
+        return self._transition(_state(state.time + 1), params, reward)
+
+
 @struct.dataclass
 class ProbeContinuousParams(ProbeParams):
     target: float = 0.5
@@ -221,7 +250,13 @@ class ProbeContinuous(_Probe):
 
 PROBES: dict[str, type[_Probe]] = {
     cls.env_id: cls
-    for cls in (ProbeOneStep, ProbeTwoStep, ProbeConstantReward, ProbeContinuous)
+    for cls in (
+        ProbeOneStep,
+        ProbeTwoStep,
+        ProbeConstantReward,
+        ProbeTruncatedState,
+        ProbeContinuous,
+    )
 }
 
 
@@ -239,6 +274,7 @@ __all__ = [
     "ProbeConstantReward",
     "ProbeContinuous",
     "ProbeOneStep",
+    "ProbeTruncatedState",
     "ProbeTwoStep",
     "register_probes",
 ]

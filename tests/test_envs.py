@@ -16,6 +16,7 @@ PROBE_IDS = (
     "ProbeOneStep-v0",
     "ProbeTwoStep-v0",
     "ProbeConstantReward-v0",
+    "ProbeTruncatedState-v0",
     "ProbeContinuous-v0",
 )
 
@@ -69,6 +70,7 @@ def test_make_env_pendulum_spaces():
         ("ProbeOneStep-v0", (1,), True, 2, (), 10),
         ("ProbeTwoStep-v0", (3,), True, 2, (), 10),
         ("ProbeConstantReward-v0", (1,), True, 2, (), 20),
+        ("ProbeTruncatedState-v0", (2,), True, 2, (), 3),
         ("ProbeContinuous-v0", (1,), False, 0, (1,), 10),
     ],
 )
@@ -151,6 +153,21 @@ def test_probe_constant_reward_truncates_at_limit():
     np.testing.assert_array_equal(rewards, np.ones((45, 2)))
     obs = np.array([after.obs for _, after, _ in steps])
     np.testing.assert_array_equal(obs, np.ones((45, 2, 1)))
+
+
+def test_probe_truncated_state_final_obs_differs_from_reset():
+    spec = envs.make_env("ProbeTruncatedState-v0")
+    steps = _run(spec, [np.zeros(2, np.int32)] * 6)
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    for t, (before, after, r) in enumerate(steps):
+        np.testing.assert_array_equal(before.obs, [[a, b, a][t % 3]] * 2)
+        np.testing.assert_array_equal(r.reward, [1.0 - (t % 3 == 1)] * 2)
+        assert not r.terminated.any()
+        assert r.truncated.all() == (t % 3 == 2)
+        if t % 3 == 2:
+            np.testing.assert_array_equal(r.final_obs, [b, b])  # true next state
+            np.testing.assert_array_equal(after.obs, [a, a])  # reset
+            np.testing.assert_allclose(r.completed_return, [2.0, 2.0])
 
 
 def test_probe_continuous_reward():

@@ -119,17 +119,16 @@ def _split_episodes(done_column):
     return ranges
 
 
-def test_auto_reset_never_mixes_episodes_cartpole(cartpole_steps):
-    gamma, lam = 0.9, 0.8
-    _, _, batch = cartpole_steps
+def _check_against_python_loops(batch, weights, gamma=0.9, lam=0.8):
+    """Reward-to-go, GAE and episode stats vs. per-env loops split at dones.
+
+    ``obs @ weights`` serves as a value function (any fixed function does).
+    """
     done = batch.terminated | batch.truncated
-    assert batch.terminated.sum() >= 5  # random CartPole falls in ~20 steps
     rewards = jnp.asarray(batch.reward)
     to_go = np.asarray(
         losses.reward_to_go(rewards, jnp.full_like(rewards, gamma), jnp.asarray(done))
     )
-    # Any fixed function of the observation serves as a value function here.
-    weights = np.array([0.3, -1.2, 2.0, 0.7], np.float32)
     values = batch.obs @ weights
     next_values = batch.next_obs @ weights
     discounts = gamma * (1.0 - batch.terminated)
@@ -158,7 +157,8 @@ def test_auto_reset_never_mixes_episodes_cartpole(cartpole_steps):
             for t in reversed(range(start, stop)):
                 g = batch.reward[t, i] + gamma * g
                 assert to_go[t, i] == pytest.approx(g, rel=1e-5, abs=1e-5)
-            # Python GAE within the episode; bootstrap from V(next_obs).
+            # Python GAE within the episode; bootstrap from V(next_obs), which
+            # a truncated last step keeps (discount γ) and a terminal one drops.
             a = 0.0
             for t in reversed(range(start, stop)):
                 delta = (
@@ -173,13 +173,22 @@ def test_auto_reset_never_mixes_episodes_cartpole(cartpole_steps):
             np.testing.assert_array_equal(
                 batch.next_obs[start : stop - 1, i], batch.obs[start + 1 : stop, i]
             )
-            if ended:
-                final = batch.next_obs[stop - 1, i]
-                assert abs(final[0]) > 2.4 or abs(final[2]) > THETA_LIMIT
-                if stop < batch.reward.shape[0]:
-                    # The following row starts a fresh episode (reset obs).
-                    assert np.all(np.abs(batch.obs[stop, i]) <= 0.05)
-                    assert not np.array_equal(batch.obs[stop, i], final)
+
+
+def test_auto_reset_never_mixes_episodes_cartpole(cartpole_steps):
+    _, _, batch = cartpole_steps
+    assert batch.terminated.sum() >= 5  # random CartPole falls in ~20 steps
+    _check_against_python_loops(batch, np.array([0.3, -1.2, 2.0, 0.7], np.float32))
+    done = batch.terminated | batch.truncated
+    for i in range(batch.reward.shape[1]):
+        for t in np.flatnonzero(done[:, i]):
+            # next_obs at the done step is the final obs (it broke a limit)...
+            final = batch.next_obs[t, i]
+            assert abs(final[0]) > 2.4 or abs(final[2]) > THETA_LIMIT
+            if t + 1 < batch.reward.shape[0]:
+                # ...and the following row starts a fresh episode (reset obs).
+                assert np.all(np.abs(batch.obs[t + 1, i]) <= 0.05)
+                assert not np.array_equal(batch.obs[t + 1, i], final)
 
 
 def test_truncation_boundaries_constant_reward():
@@ -191,6 +200,7 @@ def test_truncation_boundaries_constant_reward():
     np.testing.assert_array_equal(batch.truncated, expected)
     np.testing.assert_array_equal(batch.completed_length[19], [20, 20, 20])
     np.testing.assert_array_equal(batch.completed_length[39], [20, 20, 20])
+    _check_against_python_loops(batch, np.array([2.0], np.float32))
     rewards = jnp.asarray(batch.reward)
     to_go = np.asarray(
         losses.reward_to_go(
