@@ -82,18 +82,22 @@ class Checkpointer:
         read_only: bool = False,
     ):
         self.directory = checkpoint_dir(run_dir)
+        self.read_only = read_only
+        # (orbax's own read_only option logs warnings; not saving is enough.)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            max_to_keep=None if read_only else keep,
             create=not read_only,
-            read_only=read_only,
             cleanup_tmp_directories=not read_only,
-            enable_async_checkpointing=async_save,
+            enable_async_checkpointing=async_save and not read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
-        return sorted(self._manager.all_steps(read=True))
+        if not self.directory.is_dir():
+            return []
+        self._manager.reload()  # another process may have written since
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -110,6 +114,8 @@ class Checkpointer:
           CheckpointError: the save (or the previous background save) failed;
             the last complete checkpoint is intact.
         """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only")
         host = {**host, "format": HOST_FORMAT, "step": int(step)}
         data = to_host(state)
         try:

@@ -250,7 +250,9 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
         )
 
     run_dir = args.run_dir or default_run_dir(config)
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+    if not args.resume and (
+        run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir()))
+    ):
         return fail(
             f"--run-dir: {run_dir} exists and is not empty "
             f"(add --resume to continue the run in it)"

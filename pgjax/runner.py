@@ -79,8 +79,13 @@ RESUME_MAY_CHANGE = (
     "eval_episodes",
 )
 
-# An automatic checkpoint is skipped if the last save blocked training for more
-# than this fraction of the time since (keeps tiny runs' overhead bounded).
+# Automatic checkpoints (checkpoint_every = 0): at the first chunk boundary past
+# each tenth of total_timesteps, but no sooner than this after the last one
+# (a save costs ~0.1-0.5 s, blocking and in the background, so this bounds the
+# overhead well under 1% whatever the run's speed)...
+AUTO_CHECKPOINT_MIN_SECONDS = 60.0
+# ...and not while the last save blocked training for more than this fraction
+# of the time since (a huge state).
 AUTO_CHECKPOINT_MAX_OVERHEAD = 0.02
 
 
@@ -542,6 +547,7 @@ class _Host:
     recent: np.ndarray  # [R] latest finite episode return (NaN: none yet)
     train_seconds: float = 0.0
     compile_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0  # training blocked by checkpoint saves
     wall_seconds: float = 0.0  # at the checkpoint, over all sessions
     csv_rows: int = 0
     chunks: int = 0
@@ -562,6 +568,7 @@ class _Host:
             "recent": [_num(x) for x in self.recent],
             "train_seconds": self.train_seconds,
             "compile_seconds": self.compile_seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
             "wall_seconds": self.wall_seconds,
             "csv_rows": self.csv_rows,
             "chunks": self.chunks,
@@ -578,6 +585,7 @@ class _Host:
             ),
             train_seconds=float(data["train_seconds"]),
             compile_seconds=float(data["compile_seconds"]),
+            checkpoint_seconds=float(data.get("checkpoint_seconds", 0.0)),
             wall_seconds=float(data["wall_seconds"]),
             csv_rows=int(data["csv_rows"]),
             chunks=int(data["chunks"]),
@@ -657,20 +665,26 @@ def run(
         )
     layout = make_layout(config, sweep)
     trainer: Trainer = make_train(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_json_atomic(run_dir / "config.json", config_to_json(config, sweep))
-
     checked = tuple(
         n for n in trainer.algorithm.metric_names if n not in ("learning_rate",)
     )
     columns = [*layout.label_columns(), "update", "step", "wall_time"]
     columns += list(trainer.metric_names)
     abstract = abstract_state(trainer, layout)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
+    if not resume and checkpointer.steps():
+        checkpointer.close()
+        raise RunFolderError(
+            "--run-dir",
+            f"{run_dir} already has checkpoints of another run; resume it or "
+            f"use a fresh folder",
+        )
+    if not resume:
+        write_json_atomic(run_dir / "config.json", config_to_json(config, sweep))
 
     interrupts = Interrupts(handle_signals)
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgjax-run")
-    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
     writer = tensorboard = bar = None
     try:
         with interrupts:
@@ -732,9 +746,11 @@ def run(
                 now = time.time()
                 host.wall_seconds = wall_offset + now - start_time
                 checkpointer.save(host.step, state, host.to_json())
-                last_saved.update(host, time.time() - now)
                 if final:
                     checkpointer.wait()
+                cost = time.time() - now
+                host.checkpoint_seconds += cost
+                last_saved.update(host, cost)
 
             while not interrupts.signum and not np.all(
                 host.steps >= config.total_timesteps
@@ -873,8 +889,10 @@ def _checkpoint_due(config: TrainConfig, host: _Host, last: _SaveMarker) -> bool
 
     ``checkpoint_every > 0``: once that many updates passed since the last
     checkpoint. ``0`` (automatic): at the first boundary past each tenth of
-    ``total_timesteps`` (per-seed steps, slowest row), unless the last save
-    blocked training for more than 2% of the time since (tiny runs).
+    ``total_timesteps`` (per-seed steps, slowest row) that is at least
+    :data:`AUTO_CHECKPOINT_MIN_SECONDS` after the last checkpoint (or the
+    start), unless the last save blocked training for more than
+    :data:`AUTO_CHECKPOINT_MAX_OVERHEAD` of the time since.
     """
     if config.checkpoint_every < 0:
         return False
@@ -882,7 +900,11 @@ def _checkpoint_due(config: TrainConfig, host: _Host, last: _SaveMarker) -> bool
         return int(host.updates.max()) - last.updates >= config.checkpoint_every
     if int(host.steps.min()) // last.tenth_size <= last.tenth:
         return False
-    return last.cost <= AUTO_CHECKPOINT_MAX_OVERHEAD * (time.time() - last.end)
+    since = time.time() - last.end
+    return (
+        since >= AUTO_CHECKPOINT_MIN_SECONDS
+        and last.cost <= AUTO_CHECKPOINT_MAX_OVERHEAD * since
+    )
 
 
 def evaluate_seeds(trainer: Trainer, state: TrainState, episodes: int) -> np.ndarray:
@@ -918,6 +940,7 @@ def _summary(
         "compile_seconds": compile_seconds,
         "compile_seconds_all_sessions": host.compile_seconds,
         "train_seconds": host.train_seconds,
+        "checkpoint_seconds": host.checkpoint_seconds,
         "wall_seconds": wall_seconds,
         "total_timesteps": int(host.steps.min()),
         "updates": int(host.updates.max()),
