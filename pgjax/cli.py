@@ -258,6 +258,10 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
             f"(add --resume to continue the run in it)"
         )
 
+    blocking_file = next((p for p in run_dir.parents if p.is_file()), None)
+    if blocking_file is not None:
+        return fail(f"--run-dir: {blocking_file} is a file, not a folder")
+
     try:
         result = runner.run(
             config,

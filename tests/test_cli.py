@@ -307,9 +307,6 @@ def test_run_dir_that_is_a_file_is_refused(tmp_path, capsys):
     assert path.read_text() == "mine"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: run folder under a file gives a traceback"
-)
 def test_run_dir_under_a_file_is_refused(tmp_path, capsys):
     path = tmp_path / "afile"
     path.write_text("mine")
