@@ -45,21 +45,8 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
     q_critic = config.critic == "q"
     policy, critic = base.make_networks(config, spec, q_critic=q_critic)
 
-    def init(key, hyper: Hyperparams):
-        del hyper
-        return base.init_actor_critic(policy, critic, key)
-
-    def collect(agent, env_state, key, hyper: Hyperparams):
-        del hyper
-        env_state, batch = rollout.collect_steps(
-            spec,
-            base.sampling_act_fn(policy, agent.actor),
-            env_state,
-            key,
-            config.num_steps,
-            config.normalize_obs,
-        )
-        return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
+    init = base.actor_critic_init(policy, critic)
+    collect = base.fixed_length_collect(config, spec, policy)
 
     block_rows = base.resolve_block_rows(config)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from pgjax import rollout
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
 from pgjax.networks import Critic, Policy, make_critic, make_policy
@@ -297,6 +298,34 @@ def init_actor_critic(policy: Policy, critic: Critic, key: Array) -> ActorCritic
         actor_opt=ADAM.init(actor),
         critic_opt=ADAM.init(critic_params),
     )
+
+
+def actor_critic_init(policy: Policy, critic: Critic):
+    """``init(key, hyper) → ActorCriticState`` for an algorithm."""
+
+    def init(key: Array, hyper: Hyperparams) -> ActorCriticState:
+        del hyper
+        return init_actor_critic(policy, critic, key)
+
+    return init
+
+
+def fixed_length_collect(config: TrainConfig, spec: EnvSpec, policy: Policy):
+    """``collect`` of the fixed-length rollout shared by a2c, npg and trpo."""
+
+    def collect(agent: ActorCriticState, env_state, key: Array, hyper: Hyperparams):
+        del hyper
+        env_state, batch = rollout.collect_steps(
+            spec,
+            sampling_act_fn(policy, agent.actor),
+            env_state,
+            key,
+            config.num_steps,
+            config.normalize_obs,
+        )
+        return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
+
+    return collect
 
 
 def sampling_act_fn(policy: Policy, actor_params) -> ActFn:

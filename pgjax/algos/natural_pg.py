@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pgjax import losses, natural, rollout
+from pgjax import losses, natural
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
@@ -55,21 +55,8 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
     block_rows = base.resolve_block_rows(config)
     name = "trpo" if line_search else "npg"
 
-    def init(key, hyper: Hyperparams):
-        del hyper
-        return base.init_actor_critic(policy, critic, key)
-
-    def collect(agent, env_state, key, hyper: Hyperparams):
-        del hyper
-        env_state, batch = rollout.collect_steps(
-            spec,
-            base.sampling_act_fn(policy, agent.actor),
-            env_state,
-            key,
-            config.num_steps,
-            config.normalize_obs,
-        )
-        return env_state, batch, jnp.asarray(config.num_steps, jnp.int32)
+    init = base.actor_critic_init(policy, critic)
+    collect = base.fixed_length_collect(config, spec, policy)
 
     def advantages_and_targets(critic_params, batch, hyper: Hyperparams):
         def value_fn(obs):
