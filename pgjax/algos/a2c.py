@@ -56,16 +56,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         def value_fn(obs):
             return critic.apply(params["critic"], obs)
 
-        values = base.blocked_map(value_fn, batch.obs, block_rows)
-        next_values = base.next_state_values(
-            value_fn, batch, values, spec.max_episode_steps
-        )
-        rewards = batch.reward * hyper.reward_scale
-        discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
-        advantages = losses.gae_advantages(
-            rewards, values, next_values, discounts, batch.done, hyper.gae_lambda
-        )
-        return advantages, advantages + values
+        return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
     def q_targets(params, batch: rollout.Transition, hyper: Hyperparams):
         """``Q(s,a) − Σ_a π(a|s)Q(s,a)`` and TD(0) targets ``[T, N]``."""

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from pgjax import rollout
+from pgjax import losses, rollout
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
 from pgjax.networks import Critic, Policy, make_critic, make_policy
@@ -215,6 +215,23 @@ def next_state_values(value_fn, batch, values: Array, max_episode_steps: int):
         jnp.sum(hits, axis=1), 1.0
     )
     return jnp.where(batch.truncated, truncated_values, shifted)
+
+
+def gae_targets(value_fn, batch, hyper: Hyperparams, block_rows: int, spec: EnvSpec):
+    """GAE(λ) advantages and λ-return targets ``[T, N]`` under ``value_fn``.
+
+    Values come from one blocked pass over ``batch.obs``; next-state values from
+    :func:`next_state_values`. Rewards are scaled by ``hyper.reward_scale``;
+    termination zeroes the discount, truncation does not.
+    """
+    values = blocked_map(value_fn, batch.obs, block_rows)
+    next_values = next_state_values(value_fn, batch, values, spec.max_episode_steps)
+    rewards = batch.reward * hyper.reward_scale
+    discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
+    advantages = losses.gae_advantages(
+        rewards, values, next_values, discounts, batch.done, hyper.gae_lambda
+    )
+    return advantages, advantages + values
 
 
 def steps_per_time_block(horizon: int, num_envs: int, block_rows: int) -> int:

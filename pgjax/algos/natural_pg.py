@@ -62,16 +62,7 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
         def value_fn(obs):
             return critic.apply(critic_params, obs)
 
-        values = base.blocked_map(value_fn, batch.obs, block_rows)
-        next_values = base.next_state_values(
-            value_fn, batch, values, spec.max_episode_steps
-        )
-        rewards = batch.reward * hyper.reward_scale
-        discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
-        advantages = losses.gae_advantages(
-            rewards, values, next_values, discounts, batch.done, hyper.gae_lambda
-        )
-        return advantages, advantages + values
+        return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
     def fit_critic(agent, batch, targets, hyper, progress):
         """``critic_epochs`` Adam steps of value regression on the whole batch."""
