@@ -72,6 +72,22 @@ def _normalizer(env_state: EnvBatchState, normalize: bool) -> Callable[[Array], 
     return lambda obs: envs.normalize_obs(env_state.obs_norm, obs)
 
 
+def _transition(obs, action, log_prob, result, norm, valid) -> Transition:
+    """One time step's row of a :class:`Transition` from a batched env step."""
+    return Transition(
+        obs=obs,
+        action=action,
+        log_prob=log_prob,
+        reward=result.reward,
+        terminated=result.terminated,
+        truncated=result.truncated,
+        next_obs=norm(result.final_obs),
+        completed_return=result.completed_return,
+        completed_length=result.completed_length,
+        valid=valid,
+    )
+
+
 def _update_obs_norm(
     env_state: EnvBatchState, raw_obs: Array, valid: Array, normalize: bool
 ) -> EnvBatchState:
@@ -110,17 +126,8 @@ def collect_steps(
         obs = norm(state.obs)
         action, log_prob = act_fn(obs, act_key)
         next_state, result = envs.step(spec, state, action, env_key)
-        transition = Transition(
-            obs=obs,
-            action=action,
-            log_prob=log_prob,
-            reward=result.reward,
-            terminated=result.terminated,
-            truncated=result.truncated,
-            next_obs=norm(result.final_obs),
-            completed_return=result.completed_return,
-            completed_length=result.completed_length,
-            valid=jnp.ones_like(result.terminated),
+        transition = _transition(
+            obs, action, log_prob, result, norm, jnp.ones_like(result.terminated)
         )
         return next_state, (transition, state.obs)
 
@@ -194,18 +201,7 @@ def collect_episodes(
         action, log_prob = act_fn(obs, act_key)
         next_s, result = envs.step(spec, s, action, env_key)
         valid = ~finished
-        transition = Transition(
-            obs=obs,
-            action=action,
-            log_prob=log_prob,
-            reward=result.reward,
-            terminated=result.terminated,
-            truncated=result.truncated,
-            next_obs=norm(result.final_obs),
-            completed_return=result.completed_return,
-            completed_length=result.completed_length,
-            valid=valid,
-        )
+        transition = _transition(obs, action, log_prob, result, norm, valid)
         buffers = jax.tree.map(lambda b, x: b.at[t].set(x), buffers, transition)
         raw_buffer = raw_buffer.at[t].set(s.obs)
         finished = finished | result.terminated | result.truncated
