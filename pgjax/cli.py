@@ -139,6 +139,17 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar"
     )
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help=(
+            "folder of JAX's persistent compilation cache: a rerun of the same "
+            "programs (another seed, a resume) skips most of the compile time; "
+            "'off' disables it (default: $PGJAX_COMPILE_CACHE, else "
+            "~/.cache/pgjax/xla)"
+        ),
+    )
     return parser
 
 
@@ -262,6 +273,14 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
     if blocking_file is not None:
         return fail(f"--run-dir: {blocking_file} is a file, not a folder")
 
+    if args.compile_cache != "off":
+        from pgjax import compilation
+
+        cache_dir = args.compile_cache or compilation.DEFAULT_CACHE_DIR
+        try:
+            compilation.enable_persistent_cache(cache_dir)
+        except OSError as error:
+            return fail(f"--compile-cache: cannot use {cache_dir}: {error}")
     try:
         result = runner.run(
             config,

@@ -52,6 +52,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -70,6 +71,7 @@ import numpy as np
 
 from pgjax import plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
+from pgjax.compilation import compile_once
 from pgjax.config import SWEEPABLE, Hyperparams, TrainConfig, flag_name
 from pgjax.train import Trainer, TrainState, default_updates_per_chunk, make_train
 
@@ -707,8 +709,7 @@ def run(
                 checkpointer.delete_after(resumed_from)  # unreadable newer ones
             else:
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
-                init = jax.jit(lambda k, h: strong(trainer.init_batch(k, h)))
-                state = _wait(pool, init, keys, hyper)
+                state = _wait(pool, compile_init(trainer, keys, hyper), keys, hyper)
             if resume:
                 kept = truncate_metrics(run_dir / "metrics.csv", columns, host.csv_rows)
                 if kept < host.csv_rows:
@@ -721,6 +722,8 @@ def run(
                 write_json_atomic(
                     run_dir / "config.json", config_to_json(config, sweep)
                 )
+            # Compile the chunk (full optimisation: it runs hundreds of times),
+            # then the evaluation (once, so at -O0; see compile_once).
             chunk_fn = _wait(
                 pool,
                 lambda: (
@@ -728,6 +731,9 @@ def run(
                     .lower(abstract)
                     .compile()
                 ),
+            )
+            evaluation = _wait(
+                pool, compile_evaluation, trainer, abstract, config.eval_episodes
             )
             compile_seconds = time.time() - compile_start
             host.compile_seconds += compile_seconds
@@ -810,12 +816,7 @@ def run(
 
             save(final=True)
             signum = interrupts.signum
-            if signum is None:
-                eval_returns = _wait(
-                    pool, evaluate_seeds, trainer, state, config.eval_episodes
-                )
-            else:
-                eval_returns = None
+            eval_returns = _wait(pool, evaluation, state) if signum is None else None
             wall_seconds = wall_offset + time.time() - start_time
             summary = _summary(
                 config, layout, host, eval_returns, wall_seconds, compile_seconds
@@ -910,13 +911,34 @@ def _checkpoint_due(config: TrainConfig, host: _Host, last: _SaveMarker) -> bool
     )
 
 
+def compile_evaluation(
+    trainer: Trainer, abstract: Any, episodes: int
+) -> Callable[[TrainState], np.ndarray]:
+    """Compiles the final evaluation for states shaped like ``abstract`` ``[R]``.
+
+    The returned function gives each row's mean mode-action return over
+    ``episodes`` fresh episodes (keys derived from the row's own key).
+    """
+
+    def returns(state: TrainState) -> jax.Array:
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 2**20)
+        evaluate = functools.partial(
+            trainer.evaluate, num_episodes=episodes, deterministic=True
+        )
+        return jax.vmap(evaluate)(state, keys)
+
+    compiled = compile_once(returns, abstract)
+    return lambda state: np.asarray(jax.device_get(compiled(state))).mean(axis=1)
+
+
+def compile_init(trainer: Trainer, keys: jax.Array, hyper: Hyperparams) -> Callable:
+    """The compiled ``(keys, hyper) -> [R] state`` (no weak types; see strong)."""
+    return compile_once(lambda k, h: strong(trainer.init_batch(k, h)), keys, hyper)
+
+
 def evaluate_seeds(trainer: Trainer, state: TrainState, episodes: int) -> np.ndarray:
     """Mean mode-action return of ``episodes`` fresh episodes for each row."""
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 2**20)
-    returns = jax.jit(
-        jax.vmap(lambda s, k: trainer.evaluate(s, k, episodes, deterministic=True))
-    )(state, keys)
-    return np.asarray(jax.device_get(returns)).mean(axis=1)
+    return compile_evaluation(trainer, state, episodes)(state)
 
 
 def _summary(

@@ -1,0 +1,72 @@
+"""Compiling the trainer's programs: persistent cache and cheap one-shot builds.
+
+A run compiles three programs: the training chunk (run hundreds of times), the
+initial state and the final evaluation (each run once). On a 2-core CPU XLA
+spends seconds on each (compiling them in parallel threads gains nothing: XLA
+already uses both cores), so:
+
+* :func:`compile_once` builds the run-once programs at XLA backend optimisation
+  level 0, which halves their compile time (init 3.2 → 1.7 s, evaluation
+  2.7 → 1.6 s for A2C on CartPole); they run once, so their slower code costs
+  milliseconds. The chunk keeps full optimisation (-O0 makes it ~3× slower).
+  Results agree with the optimised build to float32 rounding, not bit for bit.
+* :func:`enable_persistent_cache` points JAX's persistent compilation cache at a
+  folder, so that a second run of the same programs (another seed, a resume, a
+  rerun) loads the executables instead of compiling them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+#: Default folder of the persistent compilation cache (CLI ``--compile-cache``).
+DEFAULT_CACHE_DIR = Path(
+    os.environ.get("PGJAX_COMPILE_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pgjax/xla"
+)
+
+#: XLA options for programs that run once (see the module docstring).
+RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+# Below this, loading an entry costs about what compiling does.
+_MIN_COMPILE_SECONDS_TO_CACHE = 0.3
+
+
+def enable_persistent_cache(directory: str | os.PathLike | None) -> None:
+    """Caches compiled executables in ``directory`` (``None``: leave JAX as is).
+
+    Entries are keyed by the program, its input types, compile options, the
+    jax/jaxlib version and the device, so a stale entry is never used. An entry
+    that cannot be read (e.g. half-written when the process was killed) gives a
+    warning and a normal compile.
+    """
+    if directory is None:
+        return
+    path = Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", _MIN_COMPILE_SECONDS_TO_CACHE
+    )
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def compile_once(fn: Callable, *args: Any) -> jax.stages.Compiled:
+    """``jit(fn)`` compiled for ``args`` (arrays or ShapeDtypeStructs) at -O0.
+
+    For programs that run once per process; see the module docstring.
+    """
+    return jax.jit(fn).lower(*args).compile(compiler_options=RUN_ONCE_OPTIONS)
+
+
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "RUN_ONCE_OPTIONS",
+    "compile_once",
+    "enable_persistent_cache",
+]
