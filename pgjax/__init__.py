@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import os
 import sys
 import types
 
@@ -34,3 +35,25 @@ def _defer_import(name: str) -> None:
 
 
 _defer_import("seaborn")
+
+
+def _single_threaded_eigen() -> None:
+    """Adds ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS``.
+
+    XLA's multi-threaded Eigen pool on the CPU can wedge: a compiled program of
+    nested loops under ``vmap`` then never finishes, at 0% CPU (seen here once
+    in ~15 multi-seed runs; the same hang and workaround are reported in
+    https://github.com/PyAutoLabs/PyAutoFit/issues/1528). With our
+    cache-sized blocks of 2048 rows the pool buys nothing measurable
+    (docs/performance.md). Takes effect only if no JAX computation has run yet
+    in the process; a user's own setting of the flag wins. Accelerators are
+    unaffected.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (
+            flags + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
+
+
+_single_threaded_eigen()

@@ -82,7 +82,14 @@ class TrainConfig:
     cg_damping: float = _field(0.1, "damping added to the Fisher matrix")
     backtrack_ratio: float = _field(0.8, "trpo line-search step shrink factor")
     max_backtracks: int = _field(10, "trpo line-search attempts")
-    critic_epochs: int = _field(5, "critic regression epochs per update (npg/trpo)")
+    critic_epochs: int = _field(
+        2, "critic regression epochs (passes over the batch) per update (npg/trpo)"
+    )
+    critic_minibatches: int = _field(
+        4,
+        "minibatches (groups of shuffled envs) per critic epoch, one Adam step "
+        "each (npg/trpo); must divide num_envs",
+    )
 
     # Host loop.
     updates_per_chunk: int = _field(
@@ -226,6 +233,13 @@ def validate(config: TrainConfig) -> None:
     need(config.keep_checkpoints > 0, "keep_checkpoints", "a positive integer")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")
     need(config.critic_epochs > 0, "critic_epochs", "a positive integer")
+    need(config.critic_minibatches > 0, "critic_minibatches", "a positive integer")
+    if config.algo in ("npg", "trpo"):
+        need(
+            config.num_envs * config.num_steps % config.critic_minibatches == 0,
+            "critic_minibatches",
+            f"a divisor of num_envs × num_steps ({config.num_envs * config.num_steps})",
+        )
     for name in SWEEPABLE:
         need(finite(getattr(config, name)), name, "a finite number")
     need(config.lr > 0, "lr", "> 0")

@@ -139,8 +139,10 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
     trainer = make_train(dataclasses.replace(config, updates_per_chunk=updates))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
     state = jax.jit(trainer.init_batch)(keys)
-    chunk = jax.vmap(trainer.train_chunk)
-    executable, compile_s = compiled(chunk, state)
+    # The program train.py runs: unbatched for one seed, so that lax.cond stays
+    # a branch (REINFORCE skips its padding blocks with it) instead of vmap's
+    # select of both sides.
+    executable, compile_s = compiled(trainer.train_chunk_batch, state)
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
     steps = int(np.sum(jax.device_get(metrics["env_steps"])))

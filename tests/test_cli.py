@@ -255,6 +255,9 @@ BAD_INPUTS = [
     (["--hidden", "64,0"], "--hidden"),
     (["--num-seeds", "0"], "--num-seeds"),
     (["--no-such-flag", "1"], "--no-such-flag"),
+    (["--algo", "npg", "--critic-minibatches", "3"], "--critic-minibatches"),
+    (["--algo", "trpo", "--critic-minibatches", "0"], "--critic-minibatches"),
+    (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
 ]
 
 

@@ -8,36 +8,21 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+from conftest import CACHE_DIR, TINY_CONFIG
 
 from pgjax import plotting, runner
-from pgjax.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = Path(
-    os.environ.get("PGJAX_TEST_COMPILATION_CACHE")
-    or Path(tempfile.gettempdir()) / f"pgjax-test-compilation-cache-{os.getuid()}"
-)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # The same program as tests/test_resume.py's PLAIN (shared compilation).
-PLAIN = TrainConfig(
-    env="CartPole-v1",
-    num_envs=16,
-    num_steps=8,
-    total_timesteps=2048,
-    updates_per_chunk=2,
-    num_seeds=2,
-    hidden=(32,),
-    kl_envs=16,
-    eval_episodes=2,
-    checkpoint_every=4,
-)
+PLAIN = TINY_CONFIG
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def load_script(name: str):
@@ -51,23 +36,6 @@ def load_script(name: str):
 
 evaluate = load_script("evaluate")
 plot = load_script("plot")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    cc.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")

@@ -16,59 +16,25 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import CACHE_DIR, TINY_CONFIG
 
 from pgjax import cli, runner
 from pgjax.checkpoints import Checkpointer
 from pgjax.config import TrainConfig
 from pgjax.train import make_train
 
-# Compiled programs are shared by the tests of these modules (and between
-# pytest-xdist workers) through JAX's persistent compilation cache.
-CACHE_DIR = Path(
-    os.environ.get("PGJAX_TEST_COMPILATION_CACHE")
-    or Path(tempfile.gettempdir()) / f"pgjax-test-compilation-cache-{os.getuid()}"
-)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
-TINY = dict(
-    env="CartPole-v1",
-    num_envs=16,
-    num_steps=8,
-    total_timesteps=2048,  # 16 updates of 128 steps: 8 chunks of 2
-    updates_per_chunk=2,
-    num_seeds=2,
-    hidden=(32,),
-    kl_envs=16,
-    eval_episodes=2,
-    checkpoint_every=4,
-)
-PLAIN = TrainConfig(**TINY)  # lr annealing on, no observation normalisation
+PLAIN = TINY_CONFIG  # lr annealing on, no observation normalisation
 # Observation normalisation on; annealing off so that a run split at any total
 # equals the straight run (annealing depends on total_timesteps).
 NORM = dataclasses.replace(PLAIN, normalize_obs=True, anneal_lr=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    cc.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-    cc.reset_cache()
 
 
 def train(

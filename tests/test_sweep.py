@@ -13,56 +13,25 @@ import json
 import os
 import signal
 import struct
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import TINY_CONFIG
 
 from pgjax import cli, runner
 from pgjax.checkpoints import Checkpointer
 from pgjax.config import TrainConfig
 from pgjax.train import make_train
 
-CACHE_DIR = Path(
-    os.environ.get("PGJAX_TEST_COMPILATION_CACHE")
-    or Path(tempfile.gettempdir()) / f"pgjax-test-compilation-cache-{os.getuid()}"
-)
-
 # The same program as tests/test_resume.py's PLAIN (shared compilation).
-PLAIN = TrainConfig(
-    env="CartPole-v1",
-    num_envs=16,
-    num_steps=8,
-    total_timesteps=2048,
-    updates_per_chunk=2,
-    num_seeds=2,
-    hidden=(32,),
-    kl_envs=16,
-    eval_episodes=2,
-    checkpoint_every=4,
-)
+PLAIN = TINY_CONFIG
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 LRS = [3e-4, 1e-3, 3e-3]
 INTS = {"config", "seed", "update", "step", "env_steps", "episodes"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    cc.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-    cc.reset_cache()
 
 
 def read_rows(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -1,0 +1,58 @@
+"""What the run-folder tests share: one tiny run and a compilation cache.
+
+tests/test_resume.py, test_sweep.py and test_evaluate_plot.py train the same
+tiny configuration, so its programs compile once for all of them (and for both
+pytest-xdist workers) through JAX's persistent compilation cache in
+:data:`CACHE_DIR`. Modules opt in with
+``pytestmark = pytest.mark.usefixtures("compilation_cache")``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import pytest
+
+from pgjax.config import TrainConfig
+
+CACHE_DIR = Path(
+    os.environ.get("PGJAX_TEST_COMPILATION_CACHE")
+    or Path(tempfile.gettempdir()) / f"pgjax-test-compilation-cache-{os.getuid()}"
+)
+
+# 16 updates of 16 envs × 8 steps in 8 chunks of 2, two seeds, checkpoints every
+# 4 updates: long enough to interrupt, resume and sweep, compiled in seconds.
+TINY = dict(
+    env="CartPole-v1",
+    num_envs=16,
+    num_steps=8,
+    total_timesteps=2048,
+    updates_per_chunk=2,
+    num_seeds=2,
+    hidden=(32,),
+    kl_envs=16,
+    eval_episodes=2,
+    checkpoint_every=4,
+)
+TINY_CONFIG = TrainConfig(**TINY)  # lr annealing on, no observation normalisation
+
+
+@pytest.fixture(scope="module")
+def compilation_cache():
+    """Points JAX's persistent compilation cache at CACHE_DIR for one module."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    old = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
+    jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    cc.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    cc.reset_cache()
