@@ -37,23 +37,21 @@ def _defer_import(name: str) -> None:
 _defer_import("seaborn")
 
 
-def _single_threaded_eigen() -> None:
-    """Adds ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS``.
+def _synchronous_cpu_dispatch() -> None:
+    """Turns off JAX's asynchronous dispatch on the CPU backend.
 
-    XLA's multi-threaded Eigen pool on the CPU can wedge: a compiled program of
-    nested loops under ``vmap`` then never finishes, at 0% CPU (seen here once
-    in ~15 multi-seed runs; the same hang and workaround are reported in
-    https://github.com/PyAutoLabs/PyAutoFit/issues/1528). With our
-    cache-sized blocks of 2048 rows the pool buys nothing measurable
-    (docs/performance.md). Takes effect only if no JAX computation has run yet
-    in the process; a user's own setting of the flag wins. Accelerators are
-    unaffected.
+    With it on, a compiled chunk occasionally never completed: the host waits
+    for the result buffer at 0% CPU while every XLA thread idles (seen here in
+    2 of ~25 multi-seed runs, in the first chunk; jax-ml/jax#25861 reports the
+    same hang and this workaround). The runner blocks on every chunk's metrics
+    anyway, so asynchronous dispatch buys nothing. Takes effect only before the
+    CPU backend starts; ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` set by the user wins.
     """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        os.environ["XLA_FLAGS"] = (
-            flags + " --xla_cpu_multi_thread_eigen=false"
-        ).strip()
+    if "JAX_CPU_ENABLE_ASYNC_DISPATCH" in os.environ:
+        return
+    import jax
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
-_single_threaded_eigen()
+_synchronous_cpu_dispatch()

@@ -517,6 +517,37 @@ def _wait(pool: concurrent.futures.Executor, fn: Callable, *args) -> Any:
     return pool.submit(fn, *args).result()
 
 
+#: A chunk running this many times longer than the slowest one before it (or
+#: STALL_FIRST_SECONDS for the first) gets a warning on stderr.
+STALL_FACTOR = 20.0
+STALL_FIRST_SECONDS = 600.0
+
+
+def _wait_chunk(pool, fn: Callable, *args, slowest: float, label: str) -> Any:
+    """:func:`_wait` for a chunk, warning once if it seems stuck.
+
+    XLA's CPU runtime has a rare hang in which a program never completes at
+    0% CPU (jax-ml/jax#25861; pgjax turns off the asynchronous dispatch that
+    report implicates, see pgjax/__init__.py). It cannot be cancelled from
+    Python, so the warning says how to get out with nothing lost.
+    """
+    future = pool.submit(fn, *args)
+    limit = STALL_FACTOR * slowest if slowest > 0 else STALL_FIRST_SECONDS
+    try:
+        return future.result(timeout=limit)
+    except concurrent.futures.TimeoutError:
+        before = f" ({STALL_FACTOR:.0f}× the slowest before it)" if slowest else ""
+        print(
+            f"\nwarning: {label} has run for {limit:.0f} s{before}; if this "
+            f"process uses no CPU it is stuck in XLA "
+            f"(jax-ml/jax#25861): press Ctrl-C twice to exit (the last checkpoint "
+            f"is kept) and continue with --resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        return future.result()
+
+
 # ------------------------------------------------------------------------- run
 
 
@@ -761,12 +792,21 @@ def run(
                 host.checkpoint_seconds += cost
                 last_saved.update(host, cost)
 
+            slowest_chunk = 0.0
             while not interrupts.signum and not np.all(
                 host.steps >= config.total_timesteps
             ):
                 chunk_start = time.time()
-                new_state, metrics = _wait(pool, _call_chunk, chunk_fn, state)
+                new_state, metrics = _wait_chunk(
+                    pool,
+                    _call_chunk,
+                    chunk_fn,
+                    state,
+                    slowest=slowest_chunk,
+                    label=f"chunk {host.chunks + 1}",
+                )
                 chunk_end = time.time()
+                slowest_chunk = max(slowest_chunk, chunk_end - chunk_start)
                 host.train_seconds += chunk_end - chunk_start
                 bad = first_non_finite(metrics, checked)
                 if bad is not None:

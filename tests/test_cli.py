@@ -347,3 +347,23 @@ def test_bad_input_in_subprocess(argv, flag, hint, tmp_path):
     assert hint in proc.stderr
     assert proc.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stalled_chunk_gets_one_warning_and_still_returns(monkeypatch, capsys):
+    import concurrent.futures
+    import time
+
+    from pgjax import runner
+
+    monkeypatch.setattr(runner, "STALL_FIRST_SECONDS", 0.05)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        slow = lambda: (time.sleep(0.3), "done")[1]  # noqa: E731
+        result = runner._wait_chunk(pool, slow, slowest=0.0, label="chunk 1")
+        fast = runner._wait_chunk(pool, lambda: "quick", slowest=1.0, label="chunk 2")
+    finally:
+        pool.shutdown()
+    err = capsys.readouterr().err
+    assert result == "done" and fast == "quick"
+    assert err.count("warning: chunk 1 has run for") == 1
+    assert "--resume" in err and "chunk 2" not in err

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from pgjax import losses, natural
 from pgjax.algos import base
@@ -181,7 +180,7 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
             "policy_loss": -objective,
             "value_loss": value_loss,
             "entropy": entropy,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": base.global_norm(grads),
             "kl": kl,
             "cg_residual": step_info.cg_residual,
             "cg_iterations": step_info.cg_iterations.astype(jnp.float32),
