@@ -2,7 +2,6 @@
 
 import importlib
 import importlib.util
-import os
 import sys
 import types
 
@@ -35,23 +34,3 @@ def _defer_import(name: str) -> None:
 
 
 _defer_import("seaborn")
-
-
-def _synchronous_cpu_dispatch() -> None:
-    """Turns off JAX's asynchronous dispatch on the CPU backend.
-
-    With it on, a compiled chunk occasionally never completed: the host waits
-    for the result buffer at 0% CPU while every XLA thread idles (seen here in
-    2 of ~25 multi-seed runs, in the first chunk; jax-ml/jax#25861 reports the
-    same hang and this workaround). The runner blocks on every chunk's metrics
-    anyway, so asynchronous dispatch buys nothing. Takes effect only before the
-    CPU backend starts; ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` set by the user wins.
-    """
-    if "JAX_CPU_ENABLE_ASYNC_DISPATCH" in os.environ:
-        return
-    import jax
-
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-
-
-_synchronous_cpu_dispatch()

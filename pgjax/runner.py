@@ -526,9 +526,8 @@ STALL_FIRST_SECONDS = 600.0
 def _wait_chunk(pool, fn: Callable, *args, slowest: float, label: str) -> Any:
     """:func:`_wait` for a chunk, warning once if it seems stuck.
 
-    XLA's CPU runtime has a rare hang in which a program never completes at
-    0% CPU (jax-ml/jax#25861; pgjax turns off the asynchronous dispatch that
-    report implicates, see pgjax/__init__.py). It cannot be cancelled from
+    A program stuck inside XLA's CPU runtime (as a batched LAPACK call under
+    ``vmap`` once was, see ``Trainer.init_batch``) cannot be cancelled from
     Python, so the warning says how to get out with nothing lost.
     """
     future = pool.submit(fn, *args)
@@ -539,9 +538,8 @@ def _wait_chunk(pool, fn: Callable, *args, slowest: float, label: str) -> Any:
         before = f" ({STALL_FACTOR:.0f}× the slowest before it)" if slowest else ""
         print(
             f"\nwarning: {label} has run for {limit:.0f} s{before}; if this "
-            f"process uses no CPU it is stuck in XLA "
-            f"(jax-ml/jax#25861): press Ctrl-C twice to exit (the last checkpoint "
-            f"is kept) and continue with --resume",
+            f"process uses no CPU it is stuck inside XLA: press Ctrl-C twice to "
+            f"exit (the last checkpoint is kept) and continue with --resume",
             file=sys.stderr,
             flush=True,
         )

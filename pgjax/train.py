@@ -100,8 +100,16 @@ class Trainer:
         """States of several seeds ``[S]``; ``hyper`` leaves may be ``[S]`` too."""
         if hyper is None:
             hyper = Hyperparams.from_config(self.config)
-        in_axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hyper)
-        return jax.vmap(self.init, in_axes=(0, in_axes))(keys, hyper)
+        rows = keys.shape[0]
+        hyper = jax.tree.map(
+            lambda x: x if jnp.ndim(x) else jnp.broadcast_to(x, (rows,)), hyper
+        )
+        # lax.map, not vmap: under vmap the orthogonal initialisers' QR becomes
+        # one batched LAPACK call that fans out over XLA's CPU thread pool and
+        # waits for it from inside that pool, which deadlocked (process idle
+        # forever) on 2-core machines. One seed at a time also makes each
+        # row's initial state exactly the single-seed one.
+        return jax.lax.map(lambda args: self.init(*args), (keys, hyper))
 
     def done(self, state: TrainState) -> Array:
         """Whether the seed has collected its ``total_timesteps``."""

@@ -366,3 +366,29 @@ def test_first_non_finite_ignores_idle_slots():
     assert runner.first_non_finite(metrics, names) is None
     metrics["value_loss"][0, 1] = np.nan
     assert runner.first_non_finite(metrics, names) == (1, "value_loss")
+
+
+INIT_LOOP = """
+import jax, jax.numpy as jnp
+from pgjax.config import TrainConfig
+from pgjax.train import make_train
+trainer = make_train(TrainConfig(num_envs=64, num_seeds=8))
+init = jax.jit(trainer.init_batch)
+keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(8))
+for _ in range(150):
+    jax.block_until_ready(init(keys))
+print("ok")
+"""
+
+
+def test_multi_seed_init_never_deadlocks():
+    """Regression: a vmapped orthogonal init (batched LAPACK QR) hung XLA's CPU
+    pool within ~50 calls on 2 cores; init_batch must survive many calls."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", INIT_LOOP], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
