@@ -172,6 +172,9 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
     learn_exec, _ = compiled(learn, single, batch)
     rollout_s = median_time(collect_exec, single, repeats=repeats)
     learn_s = median_time(learn_exec, single, batch, repeats=repeats)
+    phases = {}
+    if config.algo in ("npg", "trpo"):
+        phases = natural_phase_seconds(trainer, single, batch, updates, repeats)
     return {
         "num_envs": config.num_envs,
         "num_steps": config.num_steps,
@@ -183,7 +186,40 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
         "rollout_seconds_per_update": rollout_s / updates,
         "learn_seconds_per_update": learn_s / updates,
         "rollout_fraction": rollout_s / (rollout_s + learn_s),
+        **({"learn_phase_seconds_per_update": phases} if phases else {}),
     }
+
+
+def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
+    """NPG/TRPO learning-step time per phase (policy gradient, CG solve, line
+    search, critic fit), from programs that stop after each phase in turn."""
+    from pgjax.algos import natural_pg
+
+    hyper = single.hyper
+    prefixes = natural_pg.phase_prefix_updates(trainer.config, trainer.spec)
+    seconds, previous = {}, 0.0
+    for phase, update in prefixes.items():
+
+        def learn(state, batch, update=update):
+            def body(agent, key):
+                agent, metrics = update(agent, batch, key, hyper, 0.0)
+                checksum = next(iter(metrics.values()))
+                # Make the next iteration depend on this one (numerically a
+                # no-op), or XLA hoists a prefix that leaves the agent
+                # unchanged out of the loop and times it once.
+                agent = agent.replace(
+                    actor=jax.tree.map(lambda x: x + 1e-30 * checksum, agent.actor)
+                )
+                return agent, checksum
+
+            keys = jax.random.split(state.key, updates)
+            return jax.lax.scan(body, state.agent, keys)
+
+        executable, _ = compiled(learn, single, batch)
+        total = median_time(executable, single, batch, repeats=repeats) / updates
+        seconds[phase] = max(total - previous, 0.0)
+        previous = total
+    return seconds
 
 
 def bench_solve(algo: str, env: str, seeds: list[int], extra: list[str]) -> dict:
@@ -347,6 +383,13 @@ def main(argv=None) -> int:
                     else ""
                 )
             )
+            if "learn_phase_seconds_per_update" in result:
+                split = result["learn_phase_seconds_per_update"]
+                log(
+                    f"  {algo} learning step (ms): rollout "
+                    f"{1000 * result['rollout_seconds_per_update']:.1f}, "
+                    + ", ".join(f"{k} {1000 * v:.1f}" for k, v in split.items())
+                )
             save()
     if "scaling" not in skip and args.scaling_envs:
         sizes = [int(x) for x in args.scaling_envs.split(",") if x]

@@ -55,3 +55,33 @@ def test_blocked_grad_equals_full_grad():
     blocked, _ = base.blocked_grad(loss, w, x, 16)
     full = jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w)))(w)
     np.testing.assert_allclose(blocked, full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["npg", "trpo"])
+def test_phase_prefix_updates_end_with_the_full_update(algo):
+    """benchmark.py times NPG/TRPO phases with these prefixes; the last one must
+    be the real update, the others must leave the agent unchanged."""
+    from pgjax.algos import natural_pg
+    from pgjax.train import make_train
+
+    config = TrainConfig(algo=algo, num_envs=8, num_steps=8, kl_envs=8)
+    trainer = make_train(config)
+    state = trainer.init(jax.random.PRNGKey(0))
+    algorithm, hyper = trainer.algorithm, state.hyper
+    _, batch, _ = algorithm.collect(state.agent, state.env, state.key, hyper)
+    prefixes = natural_pg.phase_prefix_updates(config, trainer.spec)
+    expected = ["policy_gradient", "cg_solve", "critic_fit"]
+    if algo == "trpo":
+        expected.insert(2, "line_search")
+    assert list(prefixes) == expected
+    key = jax.random.PRNGKey(1)
+    full, _ = algorithm.update(state.agent, batch, key, hyper, 0.0)
+    last, _ = prefixes["critic_fit"](state.agent, batch, key, hyper, 0.0)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(last), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for phase in expected[:-1]:
+        agent, metrics = prefixes[phase](state.agent, batch, key, hyper, 0.0)
+        assert set(metrics) == {"checksum"} and np.isfinite(metrics["checksum"])
+        leaves = zip(jax.tree.leaves(agent), jax.tree.leaves(state.agent), strict=True)
+        for a, b in leaves:
+            np.testing.assert_array_equal(a, b)

@@ -52,7 +52,13 @@ METRICS = (
 )
 
 
-def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
+#: The phases of one update, in order (see :func:`phase_prefix_updates`).
+PHASES = ("policy_gradient", "cg_solve", "line_search", "critic_fit")
+
+
+def _make_natural(
+    config: TrainConfig, spec: EnvSpec, line_search: bool, until: str | None = None
+):
     policy, critic = base.make_networks(config, spec)
     block_rows = base.resolve_block_rows(config)
     name = "trpo" if line_search else "npg"
@@ -139,6 +145,8 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
             (batch.obs, batch.action, old_log_prob, advantages),
             block_rows,
         )
+        if until == "policy_gradient":
+            return agent, {"checksum": base.global_norm((grads, targets))}
         kl_obs = batch.obs[:, : config.kl_envs]
         old_dist = jax.lax.stop_gradient(policy.apply(agent.actor, kl_obs))
 
@@ -149,6 +157,8 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
         step, step_info = natural.natural_gradient_step(
             grads, fvp, hyper.max_kl, iters=config.cg_iters
         )
+        if until == "cg_solve":
+            return agent, {"checksum": base.global_norm(step)}
         if line_search:
             full_old = jax.lax.stop_gradient(policy.apply(agent.actor, batch.obs))
 
@@ -171,6 +181,8 @@ def _make_natural(config: TrainConfig, spec: EnvSpec, line_search: bool):
             actor = jax.tree.map(jnp.add, agent.actor, step)
             accepted, backtracks = step_info.valid, jnp.zeros((), jnp.int32)
             step_fraction = jnp.ones(())
+        if until == "line_search":
+            return agent, {"checksum": base.global_norm(actor)}
         kl = fisher_kl(actor)
         critic_params, critic_opt, value_loss = fit_critic(
             agent, batch, targets, key, hyper, progress
@@ -211,3 +223,23 @@ def make_npg(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
 def make_trpo(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
     """TRPO: the natural step with a backtracking line search on KL ≤ δ."""
     return _make_natural(config, spec, line_search=True)
+
+
+def phase_prefix_updates(config: TrainConfig, spec: EnvSpec) -> dict[str, object]:
+    """Update functions that stop after each phase, for timing (benchmark.py).
+
+    ``{phase: update}`` for each name in :data:`PHASES` (``line_search`` only
+    for TRPO): ``update`` has the signature of ``Algorithm.update`` and runs the
+    phases up to and including ``phase``, returning the agent unchanged and a
+    ``checksum`` metric that depends on the phase's output (so XLA cannot drop
+    it). The cost of phase k is the time of prefix k minus that of prefix k−1;
+    the last prefix is the full update.
+    """
+    line_search = config.algo == "trpo"
+    updates = {}
+    for phase in PHASES:
+        if phase == "line_search" and not line_search:
+            continue
+        until = None if phase == "critic_fit" else phase
+        updates[phase] = _make_natural(config, spec, line_search, until).update
+    return updates
