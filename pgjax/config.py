@@ -236,9 +236,9 @@ def validate(config: TrainConfig) -> None:
     need(config.critic_minibatches > 0, "critic_minibatches", "a positive integer")
     if config.algo in ("npg", "trpo"):
         need(
-            config.num_envs * config.num_steps % config.critic_minibatches == 0,
+            config.num_envs % config.critic_minibatches == 0,
             "critic_minibatches",
-            f"a divisor of num_envs × num_steps ({config.num_envs * config.num_steps})",
+            f"a divisor of num_envs ({config.num_envs})",
         )
     for name in SWEEPABLE:
         need(finite(getattr(config, name)), name, "a finite number")

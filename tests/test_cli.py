@@ -234,6 +234,8 @@ def assert_one_line_error(code, err: str, flag: str) -> None:
     assert flag in lines[0], err
 
 
+# 12 rows divide into 4 minibatches, but 6 envs do not (minibatches are env groups).
+NPG_6_ENVS = ["--algo", "npg", "--num-envs", "6", "--num-steps", "2"]
 BAD_INPUTS = [
     (["--algo", "nope"], "--algo"),
     (["--env", "CartPole-v2"], "--env"),
@@ -257,6 +259,10 @@ BAD_INPUTS = [
     (["--no-such-flag", "1"], "--no-such-flag"),
     (["--algo", "npg", "--critic-minibatches", "3"], "--critic-minibatches"),
     (["--algo", "trpo", "--critic-minibatches", "0"], "--critic-minibatches"),
+    (
+        [*NPG_6_ENVS, "--critic-minibatches", "4"],
+        "--critic-minibatches",
+    ),
     (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
 ]
 
