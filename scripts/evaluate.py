@@ -20,11 +20,11 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-EXIT_BAD_INPUT = 2
+from pgjax.cli import EXIT_BAD_INPUT, OneLineParser
 
 # gymnax draws these through gymnasium's renderer, which needs pygame.
 CLASSIC_CONTROL = (
@@ -54,13 +54,8 @@ class BadInput(Exception):
     """One-line error naming a flag (exit code 2)."""
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> Parser:
-    parser = Parser(
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="evaluate.py",
         description="Evaluate the policy saved in a run folder's checkpoint.",
     )

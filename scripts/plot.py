@@ -11,25 +11,18 @@ line naming the flag and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-EXIT_BAD_INPUT = 2
+from pgjax.cli import EXIT_BAD_INPUT, OneLineParser
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> Parser:
-    parser = Parser(
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="plot.py",
         description="Plot learning curves (mean and spread over seeds) of run folders.",
     )

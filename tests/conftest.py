@@ -1,4 +1,4 @@
-"""What the run-folder tests share: one tiny run and a compilation cache.
+"""What the tests share: one tiny run, a compilation cache, CLI-call helpers.
 
 tests/test_resume.py, test_sweep.py and test_evaluate_plot.py train the same
 tiny configuration, so its programs compile once for all of them (and for both
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -56,3 +57,23 @@ def compilation_cache():
     jax.config.update("jax_compilation_cache_dir", old[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
     cc.reset_cache()
+
+
+def run_main(main: Callable[[list[str]], int], argv: list[str], capsys):
+    """Runs a command's ``main(argv)`` in-process; returns (exit code, stdout,
+    stderr), also when argparse exits with SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err: str, flag: str) -> None:
+    """Bad input: exit code 2, one stderr line naming ``flag``, no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag in lines[0], err

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, run_main
 
 from pgjax import cli, presets
 
@@ -218,20 +219,9 @@ TINY = [
 
 def call_main(argv: list[str], capsys) -> tuple[int, str, str]:
     """Runs the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        code = cli.train_main([*TINY, *argv], start_time=time.time())
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err: str, flag: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert flag in lines[0], err
+    return run_main(
+        lambda a: cli.train_main([*TINY, *a], start_time=time.time()), argv, capsys
+    )
 
 
 # 12 rows divide into 4 minibatches, but 6 envs do not (minibatches are env groups).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CACHE_DIR, TINY_CONFIG
+from conftest import CACHE_DIR, TINY_CONFIG, assert_one_line_error, run_main
 
 from pgjax import plotting, runner
 
@@ -46,19 +46,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 def call(module, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = module.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err: str, flag: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert flag in lines[0], err
+    return run_main(module.main, argv, capsys)
 
 
 def test_evaluate_subprocess_writes_eval_json_and_gif(trained, tmp_path):

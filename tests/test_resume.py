@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import CACHE_DIR, TINY_CONFIG
+from conftest import CACHE_DIR, TINY_CONFIG, run_main
 
 from pgjax import cli, runner
 from pgjax.checkpoints import Checkpointer
@@ -190,12 +190,11 @@ def test_split_run_equals_straight(straight, tmp_path):
 
 
 def call_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.train_main([*argv, "--no-progress"], start_time=time.time())
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(
+        lambda a: cli.train_main([*a, "--no-progress"], start_time=time.time()),
+        argv,
+        capsys,
+    )
 
 
 @pytest.mark.parametrize(

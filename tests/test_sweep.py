@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, run_main
 
 from pgjax import cli, runner
 from pgjax.checkpoints import Checkpointer
@@ -172,12 +172,7 @@ def test_tensorboard_logs_the_metrics(sweep_run):
 
 
 def call_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.train_main(argv, start_time=time.time())
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(lambda a: cli.train_main(a, start_time=time.time()), argv, capsys)
 
 
 def test_sweep_flags_parse_into_lists():
