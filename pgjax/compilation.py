@@ -37,16 +37,14 @@ RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
 _MIN_COMPILE_SECONDS_TO_CACHE = 0.3
 
 
-def enable_persistent_cache(directory: str | os.PathLike | None) -> None:
-    """Caches compiled executables in ``directory`` (``None``: leave JAX as is).
+def enable_persistent_cache(directory: str | os.PathLike) -> None:
+    """Caches compiled executables in ``directory`` (created if missing).
 
     Entries are keyed by the program, its input types, compile options, the
     jax/jaxlib version and the device, so a stale entry is never used. An entry
     that cannot be read (e.g. half-written when the process was killed) gives a
     warning and a normal compile.
     """
-    if directory is None:
-        return
     path = Path(directory).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -974,11 +974,6 @@ def compile_init(trainer: Trainer, keys: jax.Array, hyper: Hyperparams) -> Calla
     return compile_once(lambda k, h: strong(trainer.init_batch(k, h)), keys, hyper)
 
 
-def evaluate_seeds(trainer: Trainer, state: TrainState, episodes: int) -> np.ndarray:
-    """Mean mode-action return of ``episodes`` fresh episodes for each row."""
-    return compile_evaluation(trainer, state, episodes)(state)
-
-
 def _summary(
     config: TrainConfig,
     layout: Layout,

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgjax import envs, presets
+from pgjax.algos import natural_pg
 from pgjax.config import TrainConfig
 from pgjax.train import make_train
 
@@ -193,8 +194,6 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
 def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     """NPG/TRPO learning-step time per phase (policy gradient, CG solve, line
     search, critic fit), from programs that stop after each phase in turn."""
-    from pgjax.algos import natural_pg
-
     hyper = single.hyper
     prefixes = natural_pg.phase_prefix_updates(trainer.config, trainer.spec)
     seconds, previous = {}, 0.0
