@@ -220,8 +220,26 @@ def _kl_fn(dist_fn, params, obs):
     return lambda p: jnp.mean(old.kl(dist_fn(p, obs)))
 
 
+def _fvp_builders(dist_fn, params, obs):
+    """Both forms of the Fisher-vector product: ``{form: damping ↦ fvp}``."""
+    kl_fn = _kl_fn(dist_fn, params, obs)
+    old = jax.tree.map(jax.lax.stop_gradient, dist_fn(params, obs))
+    return {
+        "hessian": lambda damping: natural.fisher_vector_product(
+            kl_fn, params, damping=damping
+        ),
+        "gauss-newton": lambda damping: natural.gauss_newton_fisher_vector_product(
+            lambda p: dist_fn(p, obs),
+            lambda dist: jnp.mean(old.kl(dist)),
+            params,
+            damping=damping,
+        ),
+    }
+
+
+@pytest.mark.parametrize("form", ["hessian", "gauss-newton"])
 @pytest.mark.parametrize("kind", ["categorical", "gaussian"])
-def test_fvp_matches_explicit_hessian(x64, kind):
+def test_fvp_matches_explicit_hessian(x64, kind, form):
     rng = np.random.default_rng(0)
     params, dist_fn = _make_policy(kind, rng, dtype=np.float64)
     obs = jnp.asarray(rng.normal(size=(16, 3)))
@@ -234,8 +252,9 @@ def test_fvp_matches_explicit_hessian(x64, kind):
         hessian = jax.hessian(lambda f: kl_fn(unravel(f)))(flat)
         grad = ravel_pytree(jax.grad(kl_fn)(params))[0]
         products = {}
+        make_fvp = _fvp_builders(dist_fn, params, obs)[form]
         for damping in (0.0, 0.25):
-            fvp = natural.fisher_vector_product(kl_fn, params, damping=damping)
+            fvp = make_fvp(damping)
             products[damping] = jax.vmap(_flat_product(fvp, unravel))(vectors)
         return hessian, grad, products
 
@@ -252,7 +271,8 @@ def test_fvp_matches_explicit_hessian(x64, kind):
     )
 
 
-def test_kl_hessian_is_the_fisher_information(x64):
+@pytest.mark.parametrize("form", ["hessian", "gauss-newton"])
+def test_kl_hessian_is_the_fisher_information(x64, form):
     # F = E_s Σ_a π(a|s) ∇log π(a|s) ∇log π(a|s)ᵀ equals the KL's Hessian.
     rng = np.random.default_rng(4)
     params, dist_fn = _make_policy("categorical", rng, dtype=np.float64)
@@ -264,7 +284,7 @@ def test_kl_hessian_is_the_fisher_information(x64):
         jac = jax.jacobian(lambda f: dist_fn(unravel(f), obs).log_probs())(flat)
         probs = dist_fn(params, obs).probs()
         fisher = jnp.einsum("ba,bai,baj->ij", probs, jac, jac) / obs.shape[0]
-        fvp = natural.fisher_vector_product(_kl_fn(dist_fn, params, obs), params)
+        fvp = _fvp_builders(dist_fn, params, obs)[form](0.0)
         basis = jnp.eye(flat.size, dtype=flat.dtype)
         return fisher, jax.vmap(_flat_product(fvp, unravel))(basis)
 

