@@ -59,6 +59,12 @@ class TrainConfig:
     normalize_obs: bool = _field(
         False, "normalise observations with running statistics shared by all envs"
     )
+    value_norm: bool = _field(
+        False,
+        "PopArt: the critic learns values standardised by running statistics of "
+        "its targets, its output layer rescaled when they change (a2c with "
+        "--critic v, npg, trpo)",
+    )
 
     # Networks.
     hidden: tuple[int, ...] = _field((64, 64), "hidden widths of both MLPs, e.g. 64,64")
@@ -240,6 +246,16 @@ def validate(config: TrainConfig) -> None:
             "critic_minibatches",
             f"a divisor of num_envs ({config.num_envs})",
         )
+    need(
+        not (config.value_norm and config.algo == "a2c" and config.critic == "q"),
+        "value_norm",
+        "used with --critic v (the Q critic has no value normalisation)",
+    )
+    need(
+        not (config.value_norm and config.algo == "reinforce"),
+        "value_norm",
+        "used with a2c, npg or trpo (reinforce's baseline has none)",
+    )
     for name in SWEEPABLE:
         need(finite(getattr(config, name)), name, "a finite number")
     need(config.lr > 0, "lr", "> 0")

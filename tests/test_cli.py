@@ -247,6 +247,8 @@ BAD_INPUTS = [
     (["--hidden", "64,0"], "--hidden"),
     (["--num-seeds", "0"], "--num-seeds"),
     (["--no-such-flag", "1"], "--no-such-flag"),
+    (["--critic", "q", "--value-norm"], "--value-norm"),
+    (["--algo", "reinforce", "--value-norm"], "--value-norm"),
     (["--algo", "npg", "--critic-minibatches", "3"], "--critic-minibatches"),
     (["--algo", "trpo", "--critic-minibatches", "0"], "--critic-minibatches"),
     (

@@ -32,9 +32,10 @@ from pgjax.train import make_train
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 PLAIN = TINY_CONFIG  # lr annealing on, no observation normalisation
-# Observation normalisation on; annealing off so that a run split at any total
+# Observation normalisation and PopArt statistics on (both running state that
+# a resume must restore); annealing off so that a run split at any total
 # equals the straight run (annealing depends on total_timesteps).
-NORM = dataclasses.replace(PLAIN, normalize_obs=True, anneal_lr=False)
+NORM = dataclasses.replace(PLAIN, normalize_obs=True, value_norm=True, anneal_lr=False)
 
 
 def train(

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import runner, train
+from pgjax import runner, train, value_norm
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig
 
@@ -58,9 +58,18 @@ class Trained:
         return jax.vmap(lambda p: policy.apply(p, obs).probs())(self.states.agent.actor)
 
     def values(self, obs):
-        """``[S, B]`` (or ``[S, B, A]`` for Q) critic outputs of each seed."""
+        """``[S, B]`` (or ``[S, B, A]`` for Q) critic values of each seed
+        (PopArt outputs denormalised when ``value_norm``)."""
         _, critic = self.networks()
-        return jax.vmap(lambda p: critic.apply(p, obs))(self.states.agent.critic)
+
+        def one(params, stats):
+            outputs = critic.apply(params, obs)
+            if self.config.value_norm:
+                return value_norm.denormalize(stats, outputs)
+            return outputs
+
+        agent = self.states.agent
+        return jax.vmap(one)(agent.critic, agent.value_stats)
 
 
 def train_seeds(seeds=SEEDS, hyper=None, **overrides) -> Trained:
@@ -121,8 +130,8 @@ def test_a2c_q_critic_learns_one_step():
     assert np.all(q[:, 1] - q[:, 0] > 0.5), q  # Q(s0, 0) = 0, far below
 
 
-@pytest.mark.parametrize("critic", ["v", "q"])
-def test_a2c_bootstraps_on_truncation(critic):
+@pytest.mark.parametrize("critic, popart", [("v", False), ("q", False), ("v", True)])
+def test_a2c_bootstraps_on_truncation(critic, popart):
     # Reward 1 forever, cut at 20 steps, nothing in the obs about time: the
     # right value is 1/(1 − γ) = 10. Treating the time limit as termination
     # gives about 6 (v) or 7 (q) here. Rollouts of 20 steps put one truncation
@@ -134,6 +143,7 @@ def test_a2c_bootstraps_on_truncation(critic):
         algo="a2c",
         env="ProbeConstantReward-v0",
         critic=critic,
+        value_norm=popart,
         gamma=gamma,
         num_steps=20,
         total_timesteps=16 * 20 * 150,
@@ -143,6 +153,43 @@ def test_a2c_bootstraps_on_truncation(critic):
         # Both actions are worth 10, but only the ones the policy takes get
         # trained: check V = Σ_a π(a|s)·Q(s, a).
         values = np.sum(np.asarray(run.probs(ONE))[:, 0] * values, axis=-1)
+    np.testing.assert_allclose(values, 1.0 / (1.0 - gamma), rtol=0.1)
+
+
+def test_a2c_value_norm_learns_two_step_values():
+    # PopArt must give the same answer as the raw critic: V(s0) = γ, V(s1) = 1.
+    gamma = 0.5
+    run = train_seeds(
+        algo="a2c",
+        env="ProbeTwoStep-v0",
+        gamma=gamma,
+        value_norm=True,
+        total_timesteps=6400,
+    )
+    assert np.all(np.asarray(run.probs(S0))[:, 0, 1] > 0.9)
+    np.testing.assert_allclose(np.asarray(run.values(S0))[:, 0], gamma, atol=0.1)
+    np.testing.assert_allclose(np.asarray(run.values(S1))[:, 0], 1.0, atol=0.1)
+    # The statistics moved away from their initial (0, 1).
+    mean, scale = jax.vmap(value_norm.statistics)(run.states.agent.value_stats)
+    assert np.all(np.asarray(mean) > 0.3) and np.all(np.asarray(scale) < 0.9)
+
+
+@pytest.mark.parametrize("algo", ["npg", "trpo"])
+def test_natural_value_norm_bootstraps_on_truncation(algo):
+    # The natural-gradient algorithms fit the PopArt critic by minibatch
+    # regression after the policy step; GAE must see denormalised values, or
+    # the bootstrapped target 1 + γ·V would stay near 1 instead of 1/(1 − γ).
+    gamma = 0.9
+    run = train_seeds(
+        algo=algo,
+        env="ProbeConstantReward-v0",
+        gamma=gamma,
+        value_norm=True,
+        critic_minibatches=2,
+        num_steps=20,
+        total_timesteps=16 * 20 * 150,
+    )
+    values = np.asarray(run.values(ONE))[:, 0]
     np.testing.assert_allclose(values, 1.0 / (1.0 - gamma), rtol=0.1)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pgjax import losses, rollout
+from pgjax import losses, rollout, value_norm
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
@@ -35,6 +35,7 @@ METRICS = (
     "critic_grad_norm",
     "learning_rate",
     "kl",
+    "value_scale",
 )
 
 
@@ -50,16 +51,20 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
 
     block_rows = base.resolve_block_rows(config)
 
-    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams):
+    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
         """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
 
         def value_fn(obs):
-            return critic.apply(params["critic"], obs)
+            outputs = critic.apply(params["critic"], obs)
+            if config.value_norm:
+                return value_norm.denormalize(stats, outputs)
+            return outputs
 
         return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
-    def q_targets(params, batch: rollout.Transition, hyper: Hyperparams):
+    def q_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
         """``Q(s,a) − Σ_a π(a|s)Q(s,a)`` and TD(0) targets ``[T, N]``."""
+        del stats  # --value-norm is refused with --critic q
 
         def forward(b):
             obs, next_obs, action = b
@@ -115,9 +120,18 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         del key
         params = {"actor": agent.actor, "critic": agent.critic}
-        advantages, targets = targets_fn(params, batch, hyper)
+        advantages, targets = targets_fn(params, batch, hyper, agent.value_stats)
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
+        value_stats = agent.value_stats
+        if config.value_norm:
+            # PopArt: fold the targets into the statistics, rescale the output
+            # layer so V is unchanged, and regress on standardised targets.
+            value_stats = value_norm.update(agent.value_stats, targets)
+            params["critic"] = value_norm.preserve_outputs(
+                agent.critic, agent.value_stats, value_stats
+            )
+            targets = value_norm.normalize(value_stats, targets)
         rows = batch.reward.size
         count = base.num_blocks(rows, block_rows)
         grads, metrics = base.blocked_grad(
@@ -138,7 +152,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         critic_lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
         actor, actor_opt = base.adam_step(agent.actor, agent.actor_opt, actor_grads, lr)
         critic_params, critic_opt = base.adam_step(
-            agent.critic, agent.critic_opt, critic_grads, critic_lr
+            params["critic"], agent.critic_opt, critic_grads, critic_lr
         )
         # KL of this update on a slice of the envs (plenty for a mean estimate).
         kl_obs = batch.obs[:, : config.kl_envs]
@@ -149,6 +163,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             actor_opt,
             critic_opt,
             base.adapt_lr_scale(agent.lr_scale, kl, hyper.target_kl),
+            value_stats,
         )
         return agent, {
             **metrics,
@@ -156,6 +171,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             "critic_grad_norm": critic_grad_norm,
             "learning_rate": lr,
             "kl": kl,
+            "value_scale": value_norm.statistics(value_stats)[1],
         }
 
     return base.Algorithm(

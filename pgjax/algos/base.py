@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from pgjax import losses, rollout
+from pgjax import losses, rollout, value_norm
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
 from pgjax.networks import Critic, Policy, make_critic, make_policy
@@ -46,13 +46,18 @@ class Algorithm:
 
 @struct.dataclass
 class ActorCriticState:
-    """Parameters and Adam moments of a separate actor and critic."""
+    """Parameters and Adam moments of a separate actor and critic, the actor's
+    KL-adapted learning-rate scale and the critic's PopArt statistics (unused
+    unless ``--value-norm``)."""
 
     actor: Any
     critic: Any
     actor_opt: Any
     critic_opt: Any
     lr_scale: jax.Array = struct.field(default_factory=lambda: jnp.ones(()))
+    value_stats: value_norm.ValueNormState = struct.field(
+        default_factory=value_norm.init
+    )
 
 
 ADAM = optax.scale_by_adam(eps=1e-5)

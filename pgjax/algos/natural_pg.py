@@ -18,10 +18,12 @@ so the quadratic model of the KL equals ``--max-kl``:
   mean KL(π_old ‖ π_θ) ≤ δ; if no k passes, the policy is left bit-identical
   (Schulman et al. 2015, https://arxiv.org/abs/1502.05477).
 
-The critic is fitted after the policy step by ``--critic-epochs`` passes over the
-batch, each in ``--critic-minibatches`` minibatches of shuffled envs with one Adam
-step per minibatch, on the λ-return targets at ``--critic-lr`` (as in TRPO's reference
-implementation: several cheap steps rather than a few full-batch ones). The
+With ``--value-norm`` the critic learns standardised values (PopArt,
+:mod:`pgjax.value_norm`). The critic is fitted after the policy step by
+``--critic-epochs`` passes over the batch, each in ``--critic-minibatches``
+minibatches of shuffled envs with one Adam step per minibatch, on the λ-return
+targets at ``--critic-lr`` (as in TRPO's reference implementation: several
+cheap steps rather than a few full-batch ones). The
 Fisher-vector products use the observations of the first ``--kl-envs`` envs (a
 subsample, as in TRPO's reference implementation), the surrogate and line search
 the whole batch.
@@ -32,7 +34,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pgjax import losses, natural
+from pgjax import losses, natural, value_norm
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
@@ -67,9 +69,12 @@ def _make_natural(
     init = base.actor_critic_init(policy, critic)
     collect = base.fixed_length_collect(config, spec, policy)
 
-    def advantages_and_targets(critic_params, batch, hyper: Hyperparams):
+    def advantages_and_targets(critic_params, batch, hyper: Hyperparams, stats):
         def value_fn(obs):
-            return critic.apply(critic_params, obs)
+            outputs = critic.apply(critic_params, obs)
+            if config.value_norm:
+                return value_norm.denormalize(stats, outputs)
+            return outputs
 
         return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
@@ -118,7 +123,21 @@ def _make_natural(
         return params, opt_state, value_losses[0, 0]
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
-        advantages, targets = advantages_and_targets(agent.critic, batch, hyper)
+        advantages, targets = advantages_and_targets(
+            agent.critic, batch, hyper, agent.value_stats
+        )
+        critic_agent = agent
+        if config.value_norm:
+            # PopArt (pgjax.value_norm): new statistics, the critic's output
+            # layer rescaled to keep V, regression on standardised targets.
+            value_stats = value_norm.update(agent.value_stats, targets)
+            critic_agent = agent.replace(
+                critic=value_norm.preserve_outputs(
+                    agent.critic, agent.value_stats, value_stats
+                ),
+                value_stats=value_stats,
+            )
+            targets = value_norm.normalize(value_stats, targets)
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
         old_log_prob = jax.lax.stop_gradient(batch.log_prob)
@@ -192,9 +211,11 @@ def _make_natural(
             return agent, {"checksum": base.global_norm(actor)}
         kl = fisher_kl(actor)
         critic_params, critic_opt, value_loss = fit_critic(
-            agent, batch, targets, key, hyper, progress
+            critic_agent, batch, targets, key, hyper, progress
         )
-        agent = agent.replace(actor=actor, critic=critic_params, critic_opt=critic_opt)
+        agent = critic_agent.replace(
+            actor=actor, critic=critic_params, critic_opt=critic_opt
+        )
         return agent, {
             "policy_loss": -objective,
             "value_loss": value_loss,
