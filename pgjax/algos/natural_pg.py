@@ -52,6 +52,7 @@ METRICS = (
     "backtracks",
     "accepted",
     "learning_rate",
+    "value_scale",
 )
 
 
@@ -231,6 +232,7 @@ def _make_natural(
             "learning_rate": base.learning_rate(
                 hyper.critic_lr, progress, config.anneal_lr
             ),
+            "value_scale": value_norm.statistics(agent.value_stats)[1],
         }
 
     return base.Algorithm(
