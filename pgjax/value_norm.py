@@ -95,6 +95,21 @@ def denormalize(state: ValueNormState, outputs: Array) -> Array:
     return outputs * scale + mean
 
 
+def fold_targets(state: ValueNormState, params, targets: Array):
+    """One PopArt step before the critic's regression.
+
+    Folds ``targets`` into the statistics, rescales ``params``' output layer so
+    the denormalised values are unchanged (:func:`preserve_outputs`) and
+    standardises the targets with the new statistics.
+
+    Returns:
+      ``(new_state, new_params, standardised_targets)``.
+    """
+    new_state = update(state, targets)
+    new_params = preserve_outputs(params, state, new_state)
+    return new_state, new_params, normalize(new_state, targets)
+
+
 def preserve_outputs(params, old: ValueNormState, new: ValueNormState):
     """Rescales the last ``Dense`` layer so ``denormalize`` gives the same values.
 

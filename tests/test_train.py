@@ -63,10 +63,7 @@ class Trained:
         _, critic = self.networks()
 
         def one(params, stats):
-            outputs = critic.apply(params, obs)
-            if self.config.value_norm:
-                return value_norm.denormalize(stats, outputs)
-            return outputs
+            return base.critic_value_fn(self.config, critic, params, stats)(obs)
 
         agent = self.states.agent
         return jax.vmap(one)(agent.critic, agent.value_stats)
@@ -130,20 +127,33 @@ def test_a2c_q_critic_learns_one_step():
     assert np.all(q[:, 1] - q[:, 0] > 0.5), q  # Q(s0, 0) = 0, far below
 
 
-@pytest.mark.parametrize("critic, popart", [("v", False), ("q", False), ("v", True)])
-def test_a2c_bootstraps_on_truncation(critic, popart):
+@pytest.mark.parametrize(
+    "algo, critic, popart",
+    [
+        ("a2c", "v", False),
+        ("a2c", "q", False),
+        ("a2c", "v", True),
+        ("npg", "v", True),
+        ("trpo", "v", True),
+    ],
+)
+def test_bootstraps_on_truncation(algo, critic, popart):
     # Reward 1 forever, cut at 20 steps, nothing in the obs about time: the
     # right value is 1/(1 − γ) = 10. Treating the time limit as termination
     # gives about 6 (v) or 7 (q) here. Rollouts of 20 steps put one truncation
     # in every batch: with shorter ones the envs (all started together)
     # truncate in one batch out of several, and Adam's normalised steps would
-    # hide most of the error (≈ 9.4 with 8-step rollouts).
+    # hide most of the error (≈ 9.4 with 8-step rollouts). With PopArt, GAE
+    # must see denormalised values, or the bootstrapped target 1 + γ·V would
+    # stay near 1 (npg and trpo fit that critic by minibatch regression after
+    # the policy step; two minibatches of the 16 envs here).
     gamma = 0.9
     run = train_seeds(
-        algo="a2c",
+        algo=algo,
         env="ProbeConstantReward-v0",
         critic=critic,
         value_norm=popart,
+        critic_minibatches=2,
         gamma=gamma,
         num_steps=20,
         total_timesteps=16 * 20 * 150,
@@ -172,25 +182,6 @@ def test_a2c_value_norm_learns_two_step_values():
     # The statistics moved away from their initial (0, 1).
     mean, scale = jax.vmap(value_norm.statistics)(run.states.agent.value_stats)
     assert np.all(np.asarray(mean) > 0.3) and np.all(np.asarray(scale) < 0.9)
-
-
-@pytest.mark.parametrize("algo", ["npg", "trpo"])
-def test_natural_value_norm_bootstraps_on_truncation(algo):
-    # The natural-gradient algorithms fit the PopArt critic by minibatch
-    # regression after the policy step; GAE must see denormalised values, or
-    # the bootstrapped target 1 + γ·V would stay near 1 instead of 1/(1 − γ).
-    gamma = 0.9
-    run = train_seeds(
-        algo=algo,
-        env="ProbeConstantReward-v0",
-        gamma=gamma,
-        value_norm=True,
-        critic_minibatches=2,
-        num_steps=20,
-        total_timesteps=16 * 20 * 150,
-    )
-    values = np.asarray(run.values(ONE))[:, 0]
-    np.testing.assert_allclose(values, 1.0 / (1.0 - gamma), rtol=0.1)
 
 
 def test_a2c_bootstraps_from_final_obs_not_reset_obs():

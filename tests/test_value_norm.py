@@ -63,3 +63,22 @@ def test_preserve_outputs_keeps_values_exactly():
     assert not np.allclose(
         rescaled["params"]["Dense_2"]["kernel"], params["params"]["Dense_2"]["kernel"]
     )
+
+
+def test_fold_targets_is_update_preserve_normalize():
+    module = MLP((4,), 1)
+    params = module.init(jax.random.PRNGKey(2), jnp.zeros((1, 3)))
+    old = value_norm.update(value_norm.init(), jnp.array([1.0, 5.0]))
+    targets = jnp.array([[20.0, 30.0], [25.0, 40.0]])
+    state, rescaled, standardised = value_norm.fold_targets(old, params, targets)
+    expected_state = value_norm.update(old, targets)
+    expected_params = value_norm.preserve_outputs(params, old, expected_state)
+    for got, want in zip(
+        jax.tree.leaves((state, rescaled)),
+        jax.tree.leaves((expected_state, expected_params)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        standardised, value_norm.normalize(expected_state, targets)
+    )

@@ -53,13 +53,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
 
     def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
         """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
-
-        def value_fn(obs):
-            outputs = critic.apply(params["critic"], obs)
-            if config.value_norm:
-                return value_norm.denormalize(stats, outputs)
-            return outputs
-
+        value_fn = base.critic_value_fn(config, critic, params["critic"], stats)
         return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
     def q_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
@@ -125,13 +119,10 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             advantages = losses.normalize_advantages(advantages)
         value_stats = agent.value_stats
         if config.value_norm:
-            # PopArt: fold the targets into the statistics, rescale the output
-            # layer so V is unchanged, and regress on standardised targets.
-            value_stats = value_norm.update(agent.value_stats, targets)
-            params["critic"] = value_norm.preserve_outputs(
-                agent.critic, agent.value_stats, value_stats
+            # PopArt: regress on standardised targets, V kept unchanged.
+            value_stats, params["critic"], targets = value_norm.fold_targets(
+                agent.value_stats, agent.critic, targets
             )
-            targets = value_norm.normalize(value_stats, targets)
         rows = batch.reward.size
         count = base.num_blocks(rows, block_rows)
         grads, metrics = base.blocked_grad(

@@ -227,6 +227,21 @@ def next_state_values(value_fn, batch, values: Array, max_episode_steps: int):
     return jnp.where(batch.truncated, truncated_values, shifted)
 
 
+def critic_value_fn(
+    config: TrainConfig, critic: Critic, critic_params, stats
+) -> Callable[[Array], Array]:
+    """``obs ↦ V(obs)``: the critic's outputs, denormalised by ``stats`` when
+    ``config.value_norm`` (PopArt, :mod:`pgjax.value_norm`)."""
+
+    def value_fn(obs: Array) -> Array:
+        outputs = critic.apply(critic_params, obs)
+        if config.value_norm:
+            return value_norm.denormalize(stats, outputs)
+        return outputs
+
+    return value_fn
+
+
 def gae_targets(value_fn, batch, hyper: Hyperparams, block_rows: int, spec: EnvSpec):
     """GAE(λ) advantages and λ-return targets ``[T, N]`` under ``value_fn``.
 

@@ -71,12 +71,7 @@ def _make_natural(
     collect = base.fixed_length_collect(config, spec, policy)
 
     def advantages_and_targets(critic_params, batch, hyper: Hyperparams, stats):
-        def value_fn(obs):
-            outputs = critic.apply(critic_params, obs)
-            if config.value_norm:
-                return value_norm.denormalize(stats, outputs)
-            return outputs
-
+        value_fn = base.critic_value_fn(config, critic, critic_params, stats)
         return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
     def fit_critic(agent, batch, targets, key, hyper, progress):
@@ -129,16 +124,13 @@ def _make_natural(
         )
         critic_agent = agent
         if config.value_norm:
-            # PopArt (pgjax.value_norm): new statistics, the critic's output
-            # layer rescaled to keep V, regression on standardised targets.
-            value_stats = value_norm.update(agent.value_stats, targets)
-            critic_agent = agent.replace(
-                critic=value_norm.preserve_outputs(
-                    agent.critic, agent.value_stats, value_stats
-                ),
-                value_stats=value_stats,
+            # PopArt: regress on standardised targets, V kept unchanged.
+            value_stats, rescaled_critic, targets = value_norm.fold_targets(
+                agent.value_stats, agent.critic, targets
             )
-            targets = value_norm.normalize(value_stats, targets)
+            critic_agent = agent.replace(
+                critic=rescaled_critic, value_stats=value_stats
+            )
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
         old_log_prob = jax.lax.stop_gradient(batch.log_prob)
