@@ -89,12 +89,15 @@ class TrainConfig:
     backtrack_ratio: float = _field(0.8, "trpo line-search step shrink factor")
     max_backtracks: int = _field(10, "trpo line-search attempts")
     critic_epochs: int = _field(
-        2, "critic regression epochs (passes over the batch) per update (npg/trpo)"
+        2,
+        "critic regression epochs (passes over the batch) per update (a2c with "
+        "--critic-minibatches, npg, trpo; a2c presets default to 1)",
     )
     critic_minibatches: int = _field(
         4,
         "minibatches (groups of shuffled envs) per critic epoch, one Adam step "
-        "each (npg/trpo); must divide num_envs",
+        "each (a2c, npg, trpo; must divide num_envs). a2c with 1 epoch of 1 "
+        "minibatch takes its one critic step in the actor's pass",
     )
 
     # Host loop.
@@ -240,7 +243,7 @@ def validate(config: TrainConfig) -> None:
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")
     need(config.critic_epochs > 0, "critic_epochs", "a positive integer")
     need(config.critic_minibatches > 0, "critic_minibatches", "a positive integer")
-    if config.algo in ("npg", "trpo"):
+    if config.algo in ("a2c", "npg", "trpo"):
         need(
             config.num_envs % config.critic_minibatches == 0,
             "critic_minibatches",

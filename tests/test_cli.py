@@ -250,6 +250,8 @@ BAD_INPUTS = [
     (["--critic", "q", "--value-norm"], "--value-norm"),
     (["--algo", "reinforce", "--value-norm"], "--value-norm"),
     (["--algo", "npg", "--critic-minibatches", "3"], "--critic-minibatches"),
+    (["--algo", "a2c", "--critic-minibatches", "3"], "--critic-minibatches"),
+    (["--algo", "a2c", "--critic-epochs", "0"], "--critic-epochs"),
     (["--algo", "trpo", "--critic-minibatches", "0"], "--critic-minibatches"),
     (
         [*NPG_6_ENVS, "--critic-minibatches", "4"],

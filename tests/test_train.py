@@ -84,15 +84,28 @@ def train_seeds(seeds=SEEDS, hyper=None, **overrides) -> Trained:
 # ------------------------------------------------------------- a2c on probes
 
 
-def test_a2c_learns_one_step():
-    run = train_seeds(algo="a2c", env="ProbeOneStep-v0", total_timesteps=6400)
+# a2c's critic either takes its one step in the actor's blocked pass (1 epoch
+# of 1 minibatch, the CLI's default) or is fitted on its own after the actor's
+# step (base.fit_critic; TrainConfig's default of 2 epochs × 4 minibatches).
+A2C_CRITIC_FITS = [
+    pytest.param(dict(critic_epochs=1, critic_minibatches=1), id="joint-step"),
+    pytest.param(dict(critic_epochs=2, critic_minibatches=4), id="minibatch-fit"),
+]
+
+
+@pytest.mark.parametrize("critic_fit", A2C_CRITIC_FITS)
+def test_a2c_learns_one_step(critic_fit):
+    run = train_seeds(
+        algo="a2c", env="ProbeOneStep-v0", total_timesteps=6400, **critic_fit
+    )
     probs = np.asarray(run.probs(ONE))[:, 0]
     values = np.asarray(run.values(ONE))[:, 0]
     assert np.all(probs[:, 1] > 0.9), probs
     np.testing.assert_allclose(values, 1.0, atol=0.1)
 
 
-def test_a2c_learns_two_step_credit_assignment():
+@pytest.mark.parametrize("critic_fit", A2C_CRITIC_FITS)
+def test_a2c_learns_two_step_credit_assignment(critic_fit):
     # γ = 0.5 makes V(s0) = γ clearly different from the undiscounted 1. The
     # seeds run with λ = 0 (credit flows only through the critic's bootstrap
     # from V(s1)) and again with λ = 1 (Monte-Carlo return inside the rollout):
@@ -109,6 +122,7 @@ def test_a2c_learns_two_step_credit_assignment():
         env="ProbeTwoStep-v0",
         gamma=gamma,
         total_timesteps=6400,
+        **critic_fit,
     )
     probs = np.asarray(run.probs(S0))[:, 0]
     assert np.all(probs[:, 1] > 0.9), probs
@@ -128,16 +142,18 @@ def test_a2c_q_critic_learns_one_step():
 
 
 @pytest.mark.parametrize(
-    "algo, critic, popart",
+    "algo, critic, popart, critic_epochs",
     [
-        ("a2c", "v", False),
-        ("a2c", "q", False),
-        ("a2c", "v", True),
-        ("npg", "v", True),
-        ("trpo", "v", True),
+        ("a2c", "v", False, 1),
+        ("a2c", "v", False, 2),
+        ("a2c", "q", False, 1),
+        ("a2c", "q", False, 2),
+        ("a2c", "v", True, 2),
+        ("npg", "v", True, 2),
+        ("trpo", "v", True, 2),
     ],
 )
-def test_bootstraps_on_truncation(algo, critic, popart):
+def test_bootstraps_on_truncation(algo, critic, popart, critic_epochs):
     # Reward 1 forever, cut at 20 steps, nothing in the obs about time: the
     # right value is 1/(1 − γ) = 10. Treating the time limit as termination
     # gives about 6 (v) or 7 (q) here. Rollouts of 20 steps put one truncation
@@ -145,15 +161,17 @@ def test_bootstraps_on_truncation(algo, critic, popart):
     # truncate in one batch out of several, and Adam's normalised steps would
     # hide most of the error (≈ 9.4 with 8-step rollouts). With PopArt, GAE
     # must see denormalised values, or the bootstrapped target 1 + γ·V would
-    # stay near 1 (npg and trpo fit that critic by minibatch regression after
-    # the policy step; two minibatches of the 16 envs here).
+    # stay near 1. The critic is fitted by minibatch regression after the
+    # policy step (2 epochs × 2 minibatches of the 16 envs), or for a2c also
+    # by its one joint step (1 epoch of 1 minibatch).
     gamma = 0.9
     run = train_seeds(
         algo=algo,
         env="ProbeConstantReward-v0",
         critic=critic,
         value_norm=popart,
-        critic_minibatches=2,
+        critic_epochs=critic_epochs,
+        critic_minibatches=critic_epochs,
         gamma=gamma,
         num_steps=20,
         total_timesteps=16 * 20 * 150,

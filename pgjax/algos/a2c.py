@@ -80,6 +80,9 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         return advantages, rewards + discounts * next_v
 
     targets_fn = q_targets if q_critic else v_targets
+    # One critic step per rollout shares the actor's blocked pass; more steps
+    # (minibatches, epochs) fit the critic on its own after the actor's step.
+    joint_critic_step = config.critic_epochs * config.critic_minibatches == 1
 
     def critic_prediction(critic_params, obs, action):
         if not q_critic:
@@ -96,23 +99,19 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             dist = policy.apply(params["actor"], obs)
             policy_loss = losses.policy_gradient_loss(dist.log_prob(action), advantages)
             entropy_loss = losses.entropy_loss(dist.entropy())
-            value_loss = losses.value_loss(
-                critic_prediction(params["critic"], obs, action), targets
-            )
-            total = (
-                policy_loss + hyper.vf_coef * value_loss + hyper.ent_coef * entropy_loss
-            )
-            metrics = {
-                "policy_loss": policy_loss,
-                "value_loss": value_loss,
-                "entropy": -entropy_loss,
-            }
+            total = policy_loss + hyper.ent_coef * entropy_loss
+            metrics = {"policy_loss": policy_loss, "entropy": -entropy_loss}
+            if joint_critic_step:
+                value_loss = losses.value_loss(
+                    critic_prediction(params["critic"], obs, action), targets
+                )
+                total = total + hyper.vf_coef * value_loss
+                metrics["value_loss"] = value_loss
             return total / count, jax.tree.map(lambda m: m / count, metrics)
 
         return block_loss
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
-        del key
         params = {"actor": agent.actor, "critic": agent.critic}
         advantages, targets = targets_fn(params, batch, hyper, agent.value_stats)
         if config.normalize_advantages:
@@ -127,7 +126,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         count = base.num_blocks(rows, block_rows)
         grads, metrics = base.blocked_grad(
             make_block_loss(hyper, count),
-            params,
+            params if joint_critic_step else {"actor": params["actor"]},
             (batch.obs, batch.action, advantages, targets),
             block_rows,
         )
@@ -136,15 +135,36 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         actor_grads, grad_norm = base.clip_by_global_norm(
             grads["actor"], hyper.max_grad_norm
         )
-        critic_grads, critic_grad_norm = base.clip_by_global_norm(
-            grads["critic"], hyper.max_grad_norm
-        )
         lr = base.learning_rate(hyper.lr, progress, config.anneal_lr) * agent.lr_scale
         critic_lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
         actor, actor_opt = base.adam_step(agent.actor, agent.actor_opt, actor_grads, lr)
-        critic_params, critic_opt = base.adam_step(
-            params["critic"], agent.critic_opt, critic_grads, critic_lr
-        )
+        if joint_critic_step:
+            critic_grads, critic_grad_norm = base.clip_by_global_norm(
+                grads["critic"], hyper.max_grad_norm
+            )
+            critic_params, critic_opt = base.adam_step(
+                params["critic"], agent.critic_opt, critic_grads, critic_lr
+            )
+        else:
+
+            def critic_loss(critic_params, block):
+                obs, action, block_targets = block
+                prediction = critic_prediction(critic_params, obs, action)
+                return losses.value_loss(prediction, block_targets)
+
+            critic_params, critic_opt, metrics["value_loss"] = base.fit_critic(
+                critic_loss,
+                params["critic"],
+                agent.critic_opt,
+                (batch.obs, batch.action, targets),
+                key,
+                critic_lr,
+                hyper.max_grad_norm,
+                config.critic_epochs,
+                config.critic_minibatches,
+                block_rows,
+            )
+            critic_grad_norm = jnp.zeros(())
         # KL of this update on a slice of the envs (plenty for a mean estimate).
         kl_obs = batch.obs[:, : config.kl_envs]
         kl = base.mean_kl(policy, agent.actor, actor, kl_obs)

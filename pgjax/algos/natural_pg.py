@@ -75,48 +75,24 @@ def _make_natural(
         return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
 
     def fit_critic(agent, batch, targets, key, hyper, progress):
-        """Value regression: ``critic_epochs × critic_minibatches`` Adam steps.
+        """Value regression on the λ-returns (:func:`base.fit_critic`)."""
 
-        Each epoch shuffles the envs and splits them into ``critic_minibatches``
-        equal groups; a minibatch is all ``T`` steps of one group (shuffling
-        ``N`` envs costs ~1/20 of shuffling ``T·N`` rows, a sort on a CPU).
-        Returns the new parameters, optimiser state and the first minibatch's
-        loss (before any step).
-        """
-        minibatches = config.critic_minibatches
-        time, envs = batch.reward.shape
-        lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
-        count = base.num_blocks(time * envs // minibatches, block_rows)
-
-        def block_loss(params, block):
+        def loss_fn(params, block):
             block_obs, target = block
-            loss = losses.value_loss(critic.apply(params, block_obs), target)
-            return loss / count, loss / count
+            return losses.value_loss(critic.apply(params, block_obs), target)
 
-        def step(carry, minibatch):
-            params, opt_state = carry
-            grads, loss = base.blocked_grad(block_loss, params, minibatch, block_rows)
-            grads, _ = base.clip_by_global_norm(grads, hyper.max_grad_norm)
-            params, opt_state = base.adam_step(params, opt_state, grads, lr)
-            return (params, opt_state), loss
-
-        def split(x, order):
-            """``[T, N, ...]`` → ``[M, T, N/M, ...]`` in shuffled env order."""
-            x = x[:, order].reshape(
-                time, minibatches, envs // minibatches, *x.shape[2:]
-            )
-            return jnp.swapaxes(x, 0, 1)
-
-        def epoch(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, envs)
-            data = jax.tree.map(lambda x: split(x, order), (batch.obs, targets))
-            return jax.lax.scan(step, carry, data)
-
-        keys = jax.random.split(key, config.critic_epochs)
-        (params, opt_state), value_losses = jax.lax.scan(
-            epoch, (agent.critic, agent.critic_opt), keys
+        return base.fit_critic(
+            loss_fn,
+            agent.critic,
+            agent.critic_opt,
+            (batch.obs, targets),
+            key,
+            base.learning_rate(hyper.critic_lr, progress, config.anneal_lr),
+            hyper.max_grad_norm,
+            config.critic_epochs,
+            config.critic_minibatches,
+            block_rows,
         )
-        return params, opt_state, value_losses[0, 0]
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         advantages, targets = advantages_and_targets(
