@@ -45,7 +45,9 @@ class TrainConfig:
     gamma: float = _field(0.99, "discount factor γ in (0, 1]")
     gae_lambda: float = _field(0.95, "GAE λ in [0, 1]: 0 = TD error, 1 = MC return")
     ent_coef: float = _field(0.0, "entropy bonus coefficient")
-    vf_coef: float = _field(0.5, "value-loss coefficient (a2c)")
+    vf_coef: float = _field(
+        0.5, "value-loss coefficient (a2c, when its critic step is joint)"
+    )
     max_grad_norm: float = _field(0.5, "global gradient-norm clip")
     reward_scale: float = _field(1.0, "rewards are multiplied by this for learning")
     target_kl: float = _field(

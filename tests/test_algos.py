@@ -105,12 +105,13 @@ def _regression_problem():
 def test_fit_critic_one_minibatch_is_one_clipped_adam_step():
     params, data, loss_fn = _regression_problem()
     lr, clip = jnp.asarray(0.1), jnp.asarray(0.5)
-    fitted, _, loss = base.fit_critic(
+    fitted, _, loss, grad_norm = base.fit_critic(
         loss_fn, params, base.ADAM.init(params), data, jax.random.PRNGKey(0),
         lr, clip, epochs=1, minibatches=1, block_rows=0,
     )  # fmt: skip
     obs, targets = data
     grads = jax.grad(loss_fn)(params, (obs.reshape(24, 2), targets.reshape(24)))
+    np.testing.assert_allclose(grad_norm, base.global_norm(grads), rtol=1e-5)
     grads, _ = base.clip_by_global_norm(grads, clip)
     expected, _ = base.adam_step(params, base.ADAM.init(params), grads, lr)
     np.testing.assert_allclose(loss, loss_fn(params, data), rtol=1e-6)
@@ -123,7 +124,7 @@ def test_fit_critic_steps_over_disjoint_env_groups():
     # 8 envs, every env once per epoch: replay them by hand.
     params, (obs, targets), loss_fn = _regression_problem()
     lr, clip, key = jnp.asarray(0.05), jnp.asarray(10.0), jax.random.PRNGKey(7)
-    fitted, _, _ = base.fit_critic(
+    fitted, _, _, _ = base.fit_critic(
         loss_fn, params, base.ADAM.init(params), (obs, targets), key,
         lr, clip, epochs=2, minibatches=4, block_rows=0,
     )  # fmt: skip

@@ -152,7 +152,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 prediction = critic_prediction(critic_params, obs, action)
                 return losses.value_loss(prediction, block_targets)
 
-            critic_params, critic_opt, metrics["value_loss"] = base.fit_critic(
+            critic_params, critic_opt, value_loss, critic_grad_norm = base.fit_critic(
                 critic_loss,
                 params["critic"],
                 agent.critic_opt,
@@ -164,7 +164,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 config.critic_minibatches,
                 block_rows,
             )
-            critic_grad_norm = jnp.zeros(())
+            metrics["value_loss"] = value_loss
         # KL of this update on a slice of the envs (plenty for a mean estimate).
         kl_obs = batch.obs[:, : config.kl_envs]
         kl = base.mean_kl(policy, agent.actor, actor, kl_obs)

@@ -258,8 +258,9 @@ def fit_critic(
       block_rows: cache-sized blocks inside a minibatch (:func:`blocked_grad`).
 
     Returns:
-      ``(params, opt_state, loss)``: the fitted critic, its Adam state and the
-      first minibatch's loss before any step.
+      ``(params, opt_state, loss, grad_norm)``: the fitted critic, its Adam
+      state, and the first minibatch's loss and gradient norm (before clipping)
+      before any step.
     """
     time, envs = jax.tree.leaves(data)[0].shape[:2]
     count = num_blocks(time * envs // minibatches, block_rows)
@@ -271,9 +272,9 @@ def fit_critic(
     def step(carry, minibatch):
         critic_params, critic_opt = carry
         grads, loss = blocked_grad(block_loss, critic_params, minibatch, block_rows)
-        grads, _ = clip_by_global_norm(grads, max_grad_norm)
+        grads, norm = clip_by_global_norm(grads, max_grad_norm)
         critic_params, critic_opt = adam_step(critic_params, critic_opt, grads, lr)
-        return (critic_params, critic_opt), loss
+        return (critic_params, critic_opt), (loss, norm)
 
     def split(x, order):
         """``[T, N, ...]`` → ``[M, T, N/M, ...]`` in shuffled env order."""
@@ -284,10 +285,10 @@ def fit_critic(
         order = jax.random.permutation(epoch_key, envs)
         return jax.lax.scan(step, carry, jax.tree.map(lambda x: split(x, order), data))
 
-    (params, opt_state), epoch_losses = jax.lax.scan(
+    (params, opt_state), (step_losses, step_norms) = jax.lax.scan(
         epoch, (params, opt_state), jax.random.split(key, epochs)
     )
-    return params, opt_state, epoch_losses[0, 0]
+    return params, opt_state, step_losses[0, 0], step_norms[0, 0]
 
 
 def critic_value_fn(

@@ -81,7 +81,7 @@ def _make_natural(
             block_obs, target = block
             return losses.value_loss(critic.apply(params, block_obs), target)
 
-        return base.fit_critic(
+        params, opt_state, value_loss, _ = base.fit_critic(
             loss_fn,
             agent.critic,
             agent.critic_opt,
@@ -93,6 +93,7 @@ def _make_natural(
             config.critic_minibatches,
             block_rows,
         )
+        return params, opt_state, value_loss
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         advantages, targets = advantages_and_targets(
