@@ -64,9 +64,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "max_kl": 0.02,
         "critic_lr": 0.01,
     },
+    # max KL 0.02: seeds 0-7 each run alone all at 500; with 0.03 seeds 1 and
+    # 4 fell back after reaching 475 (eval 234, 179).
     ("trpo", "CartPole-v1"): {
         "total_timesteps": 1_000_000,
-        "max_kl": 0.03,
+        "max_kl": 0.02,
         "critic_lr": 0.01,
     },
     ("npg", "Pendulum-v1"): {
