@@ -828,7 +828,12 @@ def run(
                 host.csv_rows += len(rows)
                 if tensorboard is not None:
                     tensorboard.write(rows)
-                bar.update(int(host.steps.min()) - bar.n)
+                done_steps = int(host.steps.min())
+                # Whole updates overshoot total_timesteps by up to one update:
+                # grow the bar's total so it ends at 100 % instead of turning
+                # into a bare count.
+                bar.total = max(bar.total, done_steps)
+                bar.update(done_steps - bar.n)
                 bar.set_postfix(
                     ret=f"{np.nanmean(host.recent):.1f}"
                     if np.isfinite(host.recent).any()
