@@ -91,15 +91,17 @@ class TrainConfig:
     backtrack_ratio: float = _field(0.8, "trpo line-search step shrink factor")
     max_backtracks: int = _field(10, "trpo line-search attempts")
     critic_epochs: int = _field(
-        2,
-        "critic regression epochs (passes over the batch) per update (a2c with "
-        "--critic-minibatches, npg, trpo; a2c presets default to 1)",
+        0,
+        "critic regression epochs (passes over the batch) per update "
+        "(a2c, npg, trpo; 0 = the algorithm's default: a2c 1, npg/trpo 2)",
     )
     critic_minibatches: int = _field(
-        4,
+        0,
         "minibatches (groups of shuffled envs) per critic epoch, one Adam step "
-        "each (a2c, npg, trpo; must divide num_envs). a2c with 1 epoch of 1 "
-        "minibatch takes its one critic step in the actor's pass",
+        "each; must divide num_envs (0 = the algorithm's default: a2c 1, "
+        "npg/trpo 4). a2c with 1 epoch of 1 minibatch takes its one critic "
+        "step in the actor's pass; anything more fits the critic after the "
+        "actor's step",
     )
 
     # Host loop.
@@ -132,6 +134,25 @@ class TrainConfig:
         False,
         "also log the metrics for TensorBoard in <run-dir>/tensorboard (needs "
         "tensorboardX: pip install 'pgjax[tensorboard]')",
+    )
+
+
+#: ``(critic_epochs, critic_minibatches)`` each algorithm uses when they are 0.
+CRITIC_FIT_DEFAULTS = {"a2c": (1, 1), "npg": (2, 4), "trpo": (2, 4)}
+
+
+def critic_fit(config: TrainConfig) -> tuple[int, int]:
+    """``(epochs, minibatches)`` of the critic fit, 0 resolved for the algorithm."""
+    epochs, minibatches = CRITIC_FIT_DEFAULTS.get(config.algo, (1, 1))
+    return config.critic_epochs or epochs, config.critic_minibatches or minibatches
+
+
+def resolve_algorithm_defaults(config: TrainConfig) -> TrainConfig:
+    """``config`` with the algorithm-dependent zeros (:func:`critic_fit`) made
+    explicit, so that config.json says what ran."""
+    epochs, minibatches = critic_fit(config)
+    return dataclasses.replace(
+        config, critic_epochs=epochs, critic_minibatches=minibatches
     )
 
 
@@ -243,13 +264,18 @@ def validate(config: TrainConfig) -> None:
     need(config.checkpoint_every >= -1, "checkpoint_every", ">= -1 (0 = automatic)")
     need(config.keep_checkpoints > 0, "keep_checkpoints", "a positive integer")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")
-    need(config.critic_epochs > 0, "critic_epochs", "a positive integer")
-    need(config.critic_minibatches > 0, "critic_minibatches", "a positive integer")
-    if config.algo in ("a2c", "npg", "trpo"):
+    need(config.critic_epochs >= 0, "critic_epochs", ">= 0 (0 = the default)")
+    need(
+        config.critic_minibatches >= 0,
+        "critic_minibatches",
+        ">= 0 (0 = the default)",
+    )
+    if config.algo in CRITIC_FIT_DEFAULTS:
+        minibatches = critic_fit(config)[1]
         need(
-            config.num_envs % config.critic_minibatches == 0,
+            config.num_envs % minibatches == 0,
             "critic_minibatches",
-            f"a divisor of num_envs ({config.num_envs})",
+            f"a divisor of num_envs ({config.num_envs}; resolved to {minibatches})",
         )
     need(
         not (config.value_norm and config.algo == "a2c" and config.critic == "q"),

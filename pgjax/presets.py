@@ -12,13 +12,12 @@ from typing import Any
 
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("reinforce", "*"): {"num_envs": 64},
-    ("a2c", "*"): {"critic_epochs": 1, "critic_minibatches": 1},
     ("npg", "*"): {"num_envs": 256, "num_steps": 32},
     ("trpo", "*"): {"num_envs": 256, "num_steps": 32},
     # Large-batch A2C on CartPole: plain Adam at a moderate step, with the
     # critic fitted in 4 minibatches per rollout (4 Adam steps for the FLOPs of
-    # one) so that it keeps up with the actor. 44/44 seeds solved in 3-4 M
-    # steps; with the joint single critic step 0/8 (critic lr 0.01) to 6/8
+    # one) so that it keeps up with the actor. 45/45 runs solved (1.5-4 M
+    # steps); with the joint single critic step 0/8 (critic lr 0.01) to 6/8
     # (0.1), and the earlier KL-adaptive preset 5/8 in 10 M (docs/performance.md).
     ("a2c", "CartPole-v1"): {
         "num_steps": 4,

@@ -72,7 +72,13 @@ import numpy as np
 from pgjax import plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
 from pgjax.compilation import compile_once
-from pgjax.config import SWEEPABLE, Hyperparams, TrainConfig, flag_name
+from pgjax.config import (
+    SWEEPABLE,
+    Hyperparams,
+    TrainConfig,
+    flag_name,
+    resolve_algorithm_defaults,
+)
 from pgjax.train import Trainer, TrainState, default_updates_per_chunk, make_train
 
 # Settings that a resumed run may change: they do not alter the computation.
@@ -124,11 +130,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+#: Version 2: a2c honours critic_epochs/critic_minibatches (0 = its default).
+CONFIG_VERSION = 2
+
+
 def config_to_json(
     config: TrainConfig, sweep: Mapping[str, Sequence[float]] | None = None
 ) -> dict[str, Any]:
     """config.json's content: every TrainConfig field, plus the swept lists."""
-    data = dataclasses.asdict(config)
+    data = {"config_version": CONFIG_VERSION, **dataclasses.asdict(config)}
     data["hidden"] = list(config.hidden)
     data["sweep"] = {name: list(values) for name, values in (sweep or {}).items()}
     return data
@@ -142,6 +152,11 @@ def config_from_json(data: Mapping[str, Any]) -> tuple[TrainConfig, dict]:
     """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in data.items() if k in fields}
+    if data.get("config_version", 1) < 2 and values.get("algo") == "a2c":
+        # Before version 2 a2c ignored the critic-fit fields (it always took
+        # one joint critic step) while config.json recorded npg's 2 × 4: keep
+        # what the run trained with.
+        values["critic_epochs"] = values["critic_minibatches"] = 0
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
     sweep = {k: [float(x) for x in v] for k, v in (data.get("sweep") or {}).items()}
@@ -193,6 +208,9 @@ def check_resumable(
       RunFolderError: naming the first differing flag.
     """
     allowed = ", ".join(flag_name(n) for n in RESUME_MAY_CHANGE)
+    # 0 ("the algorithm's default") and the value it stands for train alike.
+    saved = resolve_algorithm_defaults(saved)
+    config = resolve_algorithm_defaults(config)
     for field in dataclasses.fields(TrainConfig):
         name = field.name
         if name in RESUME_MAY_CHANGE or name in sweep or name in saved_sweep:

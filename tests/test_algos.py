@@ -102,13 +102,17 @@ def _regression_problem():
     return params, (obs, targets), loss_fn
 
 
-def test_fit_critic_one_minibatch_is_one_clipped_adam_step():
+# block_rows 8 splits each minibatch into cache blocks whose losses and
+# gradients must add up to the minibatch's (24 rows: 3 blocks; 6 rows: 3).
+@pytest.mark.parametrize("block_rows", [0, 8])
+def test_fit_critic_one_minibatch_is_one_clipped_adam_step(block_rows):
     params, data, loss_fn = _regression_problem()
     lr, clip = jnp.asarray(0.1), jnp.asarray(0.5)
     fitted, _, loss, grad_norm = base.fit_critic(
         loss_fn, params, base.ADAM.init(params), data, jax.random.PRNGKey(0),
-        lr, clip, epochs=1, minibatches=1, block_rows=0,
+        lr, clip, epochs=1, minibatches=1, block_rows=block_rows,
     )  # fmt: skip
+    assert grad_norm > clip  # the step below is a clipped one
     obs, targets = data
     grads = jax.grad(loss_fn)(params, (obs.reshape(24, 2), targets.reshape(24)))
     np.testing.assert_allclose(grad_norm, base.global_norm(grads), rtol=1e-5)
@@ -119,14 +123,15 @@ def test_fit_critic_one_minibatch_is_one_clipped_adam_step():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_fit_critic_steps_over_disjoint_env_groups():
+@pytest.mark.parametrize("block_rows", [0, 2])
+def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
     # 2 epochs × 4 minibatches = 8 Adam steps, each on all T steps of 2 of the
-    # 8 envs, every env once per epoch: replay them by hand.
+    # 8 envs, every env once per epoch: replay them by hand (clipped to 0.5).
     params, (obs, targets), loss_fn = _regression_problem()
-    lr, clip, key = jnp.asarray(0.05), jnp.asarray(10.0), jax.random.PRNGKey(7)
+    lr, clip, key = jnp.asarray(0.05), jnp.asarray(0.5), jax.random.PRNGKey(7)
     fitted, _, _, _ = base.fit_critic(
         loss_fn, params, base.ADAM.init(params), (obs, targets), key,
-        lr, clip, epochs=2, minibatches=4, block_rows=0,
+        lr, clip, epochs=2, minibatches=4, block_rows=block_rows,
     )  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
     for epoch_key in jax.random.split(key, 2):

@@ -89,10 +89,42 @@ def test_a2c_smoke_config_resolution(a2c_run):
         if name not in given:
             expected = list(value) if isinstance(value, tuple) else value
             assert config[name] == expected, name
-    # Every TrainConfig field is recorded.
+    # Every TrainConfig field is recorded, algorithm defaults made explicit:
+    # the preset's 4 critic minibatches, a2c's 1 epoch.
     from pgjax.config import TrainConfig
 
     assert set(TrainConfig.__dataclass_fields__) <= set(config)
+    assert (config["critic_epochs"], config["critic_minibatches"]) == (1, 4)
+    assert config["config_version"] == 2
+
+
+@pytest.mark.parametrize(
+    "algo, fit", [("a2c", (1, 1)), ("npg", (2, 4)), ("trpo", (2, 4))]
+)
+def test_critic_fit_zero_means_the_algorithms_default(algo, fit):
+    from pgjax.config import TrainConfig, critic_fit, resolve_algorithm_defaults
+
+    config = TrainConfig(algo=algo, env="Acrobot-v1")  # no preset for these
+    assert critic_fit(config) == fit
+    resolved = resolve_algorithm_defaults(config)
+    assert (resolved.critic_epochs, resolved.critic_minibatches) == fit
+    assert critic_fit(TrainConfig(algo=algo, critic_minibatches=8)) == (fit[0], 8)
+
+
+def test_old_a2c_config_json_keeps_the_joint_critic_step():
+    # Before config version 2, a2c ignored the critic-fit fields and config.json
+    # recorded npg's 2 × 4; resuming such a run must not switch its critic to
+    # 8 minibatch steps. npg/trpo runs keep what they recorded.
+    from pgjax import runner
+    from pgjax.config import TrainConfig, critic_fit
+
+    for algo, expected in (("a2c", (1, 1)), ("npg", (2, 4))):
+        old = runner.config_to_json(TrainConfig(algo=algo, critic_epochs=2))
+        old["critic_minibatches"] = 4
+        del old["config_version"]
+        assert critic_fit(runner.config_from_json(old)[0]) == expected
+    new = runner.config_to_json(TrainConfig(algo="a2c", critic_minibatches=4))
+    assert critic_fit(runner.config_from_json(new)[0]) == (1, 4)
 
 
 def test_a2c_smoke_metrics_csv(a2c_run):
@@ -251,8 +283,10 @@ BAD_INPUTS = [
     (["--algo", "reinforce", "--value-norm"], "--value-norm"),
     (["--algo", "npg", "--critic-minibatches", "3"], "--critic-minibatches"),
     (["--algo", "a2c", "--critic-minibatches", "3"], "--critic-minibatches"),
-    (["--algo", "a2c", "--critic-epochs", "0"], "--critic-epochs"),
-    (["--algo", "trpo", "--critic-minibatches", "0"], "--critic-minibatches"),
+    (["--algo", "a2c", "--critic-epochs", "-1"], "--critic-epochs"),
+    (["--algo", "a2c", "--num-envs", "6"], "--critic-minibatches"),  # preset's 4
+    (["--algo", "trpo", "--critic-minibatches", "-1"], "--critic-minibatches"),
+    (["--algo", "trpo", "--num-envs", "6"], "--critic-minibatches"),  # default 4
     (
         [*NPG_6_ENVS, "--critic-minibatches", "4"],
         "--critic-minibatches",

@@ -11,10 +11,13 @@ TD(0) towards ``r + γ·Σ_a' π(a'|s')·Q(s', a')`` (expected SARSA), and the a
 is weighted by ``Q(s, a) − Σ_a π(a|s)·Q(s, a)``, the advantage with the
 action-independent baseline ``V = E_π[Q]``. Discrete actions only.
 
-Both minimise ``L = L_π + c_v·L_V − c_H·H[π]`` with one Adam step per rollout on
-each network (``--lr`` for the actor, ``--critic-lr`` for the critic), each
-network's gradient clipped to ``--max-grad-norm`` on its own. Mnih et al. 2016,
-https://arxiv.org/abs/1602.01783.
+The actor takes one Adam step per rollout on ``L_π − c_H·H[π]`` (``--lr``).
+By default the critic takes one step on ``c_v·L_V`` in the same blocked pass
+(``--critic-lr``); with ``--critic-epochs E --critic-minibatches M`` beyond 1 × 1
+it is fitted after the actor's step by ``E·M`` Adam steps on minibatches of
+shuffled envs (:func:`pgjax.algos.base.fit_critic`; ``c_v`` then plays no part).
+Each network's gradient is clipped to ``--max-grad-norm`` on its own. Mnih et
+al. 2016, https://arxiv.org/abs/1602.01783.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 
 from pgjax import losses, rollout, value_norm
 from pgjax.algos import base
-from pgjax.config import Hyperparams, TrainConfig
+from pgjax.config import Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
 
 METRICS = (
@@ -82,7 +85,8 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
     targets_fn = q_targets if q_critic else v_targets
     # One critic step per rollout shares the actor's blocked pass; more steps
     # (minibatches, epochs) fit the critic on its own after the actor's step.
-    joint_critic_step = config.critic_epochs * config.critic_minibatches == 1
+    critic_epochs, critic_minibatches = critic_fit(config)
+    joint_critic_step = critic_epochs * critic_minibatches == 1
 
     def critic_prediction(critic_params, obs, action):
         if not q_critic:
@@ -160,8 +164,8 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 key,
                 critic_lr,
                 hyper.max_grad_norm,
-                config.critic_epochs,
-                config.critic_minibatches,
+                critic_epochs,
+                critic_minibatches,
                 block_rows,
             )
             metrics["value_loss"] = value_loss

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from pgjax import losses, natural, value_norm
 from pgjax.algos import base
-from pgjax.config import Hyperparams, TrainConfig
+from pgjax.config import Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
 
 METRICS = (
@@ -89,8 +89,7 @@ def _make_natural(
             key,
             base.learning_rate(hyper.critic_lr, progress, config.anneal_lr),
             hyper.max_grad_norm,
-            config.critic_epochs,
-            config.critic_minibatches,
+            *critic_fit(config),
             block_rows,
         )
         return params, opt_state, value_loss
