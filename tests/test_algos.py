@@ -147,3 +147,36 @@ def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     before = loss_fn(params, (obs, targets))
     assert loss_fn(fitted, (obs, targets)) < before
+
+
+def test_tile_shape():
+    assert base.tile_shape(500, 4096, 2048) == (5, 256)  # 1280-row tiles
+    assert base.tile_shape(500, 64, 2048) == (25, 64)
+    assert base.tile_shape(500, 4096, 0) == (10, 4096)  # accelerators: all envs
+    assert base.tile_shape(7, 3, 2) == (1, 3)  # a tile never splits a row
+
+
+def test_skipping_grad_and_map_equal_the_masked_full_pass():
+    # Envs sorted by episode length (valid rows a staircase), tiles of 2 steps
+    # × 4 envs: the tiles past the staircase are skipped, the rest must give
+    # exactly the masked full-batch gradient and values.
+    lengths = np.array([10, 7, 5, 5, 3, 2, 1, 0])
+    valid = jnp.asarray(np.arange(10)[:, None] < lengths[None, :])  # [T=10, N=8]
+    x = jax.random.normal(jax.random.PRNGKey(0), (10, 8, 3))
+    w = jnp.array([0.3, -0.2, 0.5])
+
+    def loss(w, block):
+        block_x, block_valid = block
+        return jnp.sum(block_valid * jnp.tanh(block_x @ w)), jnp.zeros(())
+
+    tile = (2, 4)
+    grads, _ = base.skipping_grad(loss, w, (x, valid), valid, tile)
+    full = jax.grad(lambda w: jnp.sum(valid * jnp.tanh(x @ w)))(w)
+    np.testing.assert_allclose(grads, full, rtol=1e-5, atol=1e-6)
+    values = base.skipping_map(lambda b: jnp.tanh(b[0] @ w), (x, valid), valid, tile)
+    expected = np.where(np.asarray(valid), np.tanh(np.asarray(x @ w)), 0.0)
+    used = np.asarray(values) != 0  # skipped tiles give 0, computed ones the value
+    np.testing.assert_allclose(np.asarray(values)[used], np.tanh(x @ w)[used], 1e-5)
+    np.testing.assert_allclose(np.where(valid, values, 0.0), expected, atol=1e-6)
+    # The last rows of the last envs were skipped: rows 6-9 × envs 4-7.
+    assert not np.any(np.asarray(values)[6:, 4:])

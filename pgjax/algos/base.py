@@ -323,31 +323,56 @@ def gae_targets(value_fn, batch, hyper: Hyperparams, block_rows: int, spec: EnvS
     return advantages, advantages + values
 
 
-def steps_per_time_block(horizon: int, num_envs: int, block_rows: int) -> int:
-    """Largest divisor ``k`` of ``horizon`` with ``k·num_envs <= block_rows``.
+#: Envs per tile of :func:`skipping_grad` on a CPU: small enough that, with
+#: envs sorted by episode length, few padding rows share a tile with valid ones.
+CPU_TILE_ENVS = 256
 
-    ``block_rows <= 0`` (accelerators) uses blocks of up to 65536 rows.
+
+def tile_shape(horizon: int, num_envs: int, block_rows: int) -> tuple[int, int]:
+    """``(k, c)``: tiles of ``k`` time steps × ``c`` envs for :func:`skipping_grad`.
+
+    ``c`` is the largest divisor of ``num_envs`` up to :data:`CPU_TILE_ENVS`
+    (all envs when ``block_rows <= 0``, on accelerators); ``k`` the largest
+    divisor of ``horizon`` with ``k·c <= block_rows`` (65536 on accelerators).
     """
     target = block_rows if block_rows > 0 else 65536
-    best = 1
-    for k in range(1, horizon + 1):
-        if horizon % k == 0 and k * num_envs <= target:
-            best = k
-    return best
+    limit = CPU_TILE_ENVS if block_rows > 0 else num_envs
+    envs = max(c for c in range(1, min(limit, num_envs) + 1) if num_envs % c == 0)
+    steps = max(
+        [k for k in range(1, horizon + 1) if horizon % k == 0 and k * envs <= target]
+        or [1]
+    )
+    return steps, envs
 
 
-def _time_blocks(data, k: int):
-    """``[T, N, ...]`` leaves → ``[T/k, k, N, ...]``."""
-    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]), data)
+def _tiles(data, tile: tuple[int, int]):
+    """``[T, N, ...]`` leaves → ``[T/k · N/c, k, c, ...]``, time-major tile order."""
+    k, c = tile
+
+    def split(x):
+        time, envs = x.shape[:2]
+        x = x.reshape(time // k, k, envs // c, c, *x.shape[2:])
+        return jnp.swapaxes(x, 1, 2).reshape(-1, k, c, *x.shape[4:])
+
+    return jax.tree.map(split, data)
 
 
-def skipping_grad(loss_fn, params, data, valid, steps_per_block: int):
-    """Like :func:`blocked_grad` over blocks of whole time steps, skipping blocks
-    with no valid row (``lax.cond``), e.g. the padding after the longest episode
-    in a REINFORCE buffer. ``loss_fn(params, block)`` gets ``[k, N, ...]``.
+def _untile(y, time: int, envs: int, tile: tuple[int, int]):
+    """Inverse of :func:`_tiles` for one leaf ``[T/k · N/c, k, c, ...]``."""
+    k, c = tile
+    y = y.reshape(time // k, envs // c, k, c, *y.shape[3:])
+    return jnp.swapaxes(y, 1, 2).reshape(time, envs, *y.shape[4:])
+
+
+def skipping_grad(loss_fn, params, data, valid, tile: tuple[int, int]):
+    """Like :func:`blocked_grad` over tiles of ``k`` time steps × ``c`` envs,
+    skipping tiles with no valid row (``lax.cond``), e.g. the padding after
+    each episode in a REINFORCE buffer: with the envs sorted by episode length
+    the valid rows form a staircase, and only the tiles it touches are
+    computed. ``loss_fn(params, block)`` gets leaves ``[k, c, ...]``.
     """
     grad_fn = jax.grad(loss_fn, has_aux=True)
-    blocks = _time_blocks((data, valid), steps_per_block)
+    blocks = _tiles((data, valid), tile)
     sample = jax.tree.map(lambda x: x[0], blocks[0])
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, sample)
@@ -367,9 +392,11 @@ def skipping_grad(loss_fn, params, data, valid, steps_per_block: int):
     return total
 
 
-def skipping_map(fn, data, valid, steps_per_block: int):
-    """``fn`` over blocks of whole time steps; blocks with no valid row give 0."""
-    blocks = _time_blocks((data, valid), steps_per_block)
+def skipping_map(fn, data, valid, tile: tuple[int, int]):
+    """``fn`` over the tiles of :func:`skipping_grad`; tiles with no valid row
+    give 0. Outputs come back as ``[T, N, ...]``."""
+    time, envs = valid.shape
+    blocks = _tiles((data, valid), tile)
     sample = jax.tree.map(lambda x: x[0], blocks[0])
     shapes = jax.eval_shape(fn, sample)
 
@@ -383,7 +410,7 @@ def skipping_map(fn, data, valid, steps_per_block: int):
         )
 
     out = jax.lax.map(one, blocks)
-    return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
+    return jax.tree.map(lambda y: _untile(y, time, envs, tile), out)
 
 
 def make_networks(

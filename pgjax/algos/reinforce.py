@@ -76,7 +76,7 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             return losses.episode_returns(rewards * batch.valid, gammas, ends), to_go
         return to_go, to_go
 
-    steps_per_block = base.steps_per_time_block(
+    tile = base.tile_shape(
         spec.max_episode_steps, config.num_envs, base.resolve_block_rows(config)
     )
     use_critic = config.baseline == "value"
@@ -103,6 +103,13 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         del key
+        # Longest episodes first: every episode starts at row 0, so the valid
+        # rows become a staircase and the tiles past it are skipped (an
+        # untrained policy's 4096 CartPole episodes fill ~16 % of the rows up
+        # to the longest). Everything below treats envs alike, so the order
+        # changes no value, only the summation order.
+        order = jnp.argsort(-jnp.sum(batch.valid, axis=0))
+        batch = jax.tree.map(lambda x: x[:, order], batch)
         g_hat, to_go = weights(batch, hyper)
         if config.baseline == "mean":
             advantages = g_hat - losses.masked_mean(g_hat, batch.valid)
@@ -111,7 +118,7 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 lambda obs: critic.apply(agent.critic, obs),
                 batch.obs,
                 batch.valid,
-                steps_per_block,
+                tile,
             )
             advantages = g_hat - values
         else:
@@ -126,7 +133,7 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             params,
             (batch.obs, batch.action, advantages, to_go, batch.valid),
             batch.valid,
-            steps_per_block,
+            tile,
         )
         actor_grads, grad_norm = base.clip_by_global_norm(
             grads["actor"], hyper.max_grad_norm
