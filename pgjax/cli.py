@@ -26,14 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pgjax import presets
-from pgjax.config import (
-    SWEEPABLE,
-    ConfigError,
-    TrainConfig,
-    flag_name,
-    resolve_algorithm_defaults,
-    validate,
-)
+from pgjax.config import SWEEPABLE, ConfigError, TrainConfig, flag_name, validate
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -185,7 +178,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     algo = given.get("algo", defaults.algo)
     env = given.get("env", defaults.env)
     settings = {**presets.preset(algo, env), **given}
-    return resolve_algorithm_defaults(dataclasses.replace(defaults, **settings))
+    return dataclasses.replace(defaults, **settings)
 
 
 def resolve_sweep(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -243,7 +236,6 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
     else:
         config = resolve_config(args)
         sweep = resolve_sweep(args)
-    config = resolve_algorithm_defaults(config)
     try:
         validate(config)
         validate_sweep(config, sweep)

@@ -275,7 +275,12 @@ def validate(config: TrainConfig) -> None:
         need(
             config.num_envs % minibatches == 0,
             "critic_minibatches",
-            f"a divisor of num_envs ({config.num_envs}; resolved to {minibatches})",
+            f"a divisor of num_envs ({config.num_envs}"
+            + (
+                f"; 0 stands for {config.algo}'s {minibatches})"
+                if config.critic_minibatches == 0
+                else ")"
+            ),
         )
     need(
         not (config.value_norm and config.algo == "a2c" and config.critic == "q"),

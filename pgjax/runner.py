@@ -183,12 +183,14 @@ def load_run_config(run_dir: Path) -> tuple[TrainConfig, dict[str, list[float]]]
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fixes settings resolved at run time (``updates_per_chunk = 0``).
+    """Fixes settings resolved at run time (``updates_per_chunk = 0``, and the
+    algorithm's critic fit for ``critic_epochs``/``critic_minibatches = 0``).
 
     The resolved chunk size is stored in config.json so that a resumed run
     compiles the same program even when it changes ``total_timesteps`` (on
     which the automatic chunk size depends).
     """
+    config = resolve_algorithm_defaults(config)
     if config.updates_per_chunk == 0:
         config = dataclasses.replace(
             config, updates_per_chunk=default_updates_per_chunk(config)
