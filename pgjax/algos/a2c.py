@@ -128,10 +128,17 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             )
         rows = batch.reward.size
         count = base.num_blocks(rows, block_rows)
+        # The critic's targets (and its parameters) enter this pass only when
+        # its step is taken here; None leaves are empty pytrees.
         grads, metrics = base.blocked_grad(
             make_block_loss(hyper, count),
             params if joint_critic_step else {"actor": params["actor"]},
-            (batch.obs, batch.action, advantages, targets),
+            (
+                batch.obs,
+                batch.action,
+                advantages,
+                targets if joint_critic_step else None,
+            ),
             block_rows,
         )
         # Each network is clipped on its own: early on the critic's large
@@ -160,7 +167,8 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 critic_loss,
                 params["critic"],
                 agent.critic_opt,
-                (batch.obs, batch.action, targets),
+                # Only the Q critic reads the actions: don't shuffle them for V.
+                (batch.obs, batch.action if q_critic else None, targets),
                 key,
                 critic_lr,
                 hyper.max_grad_norm,
