@@ -10,6 +10,17 @@ already uses both cores), so:
   2.7 → 1.6 s for A2C on CartPole); they run once, so their slower code costs
   milliseconds. The chunk keeps full optimisation (-O0 makes it ~3× slower).
   Results agree with the optimised build to float32 rounding, not bit for bit.
+* :func:`compile_chunk` builds the training chunk with the XLA options that
+  measured fastest for its algorithm (:func:`chunk_options`). On a CPU, XLA
+  hands fused subgraphs of matrix products, elementwise ops and reductions to
+  the YNNPACK library by default; for the small MLPs of the actor-critic
+  methods, and above all under ``vmap`` over seeds, those fused subgraphs run
+  slower than XLA's own loops around single products (with 32 seeds × 64 envs
+  one fused KL pass took 21 ms of a 61 ms update). Keeping YNNPACK for single
+  products only made the chunk 1.07× faster for A2C at 4096 envs, 1.26× for a
+  sweep of 32 × 64 envs, 1.17× for 8 seeds × 4096, 1.04× for NPG and 1.32×
+  for TRPO; REINFORCE measured 0.91×, so it keeps XLA's default
+  (docs/performance.md, "Fifth session").
 * :func:`enable_persistent_cache` points JAX's persistent compilation cache at a
   folder, so that a second run of the same programs (another seed, a resume, a
   rerun) loads the executables instead of compiling them.
@@ -32,6 +43,13 @@ DEFAULT_CACHE_DIR = Path(
 
 #: XLA options for programs that run once (see the module docstring).
 RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+#: XLA options of the chunk on a CPU for the fixed-length actor-critic
+#: algorithms (see the module docstring); no other backend gets options.
+CPU_CHUNK_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
+_CPU_CHUNK_ALGOS = ("a2c", "npg", "trpo")
 
 # Below this, loading an entry costs about what compiling does.
 _MIN_COMPILE_SECONDS_TO_CACHE = 0.3
@@ -62,9 +80,41 @@ def compile_once(fn: Callable, *args: Any) -> jax.stages.Compiled:
     return jax.jit(fn).lower(*args).compile(compiler_options=RUN_ONCE_OPTIONS)
 
 
+def chunk_options(algo: str, backend: str | None = None) -> dict[str, Any]:
+    """XLA compile options of ``algo``'s training chunk on ``backend``
+    (default: JAX's default backend); ``{}`` means XLA's defaults."""
+    backend = backend or jax.default_backend()
+    if backend == "cpu" and algo in _CPU_CHUNK_ALGOS:
+        return dict(CPU_CHUNK_OPTIONS)
+    return {}
+
+
+def compile_chunk(
+    fn: Callable, algo: str, *args: Any, donate_argnums: int | tuple[int, ...] = ()
+) -> jax.stages.Compiled:
+    """``jit(fn)`` compiled for ``args`` with :func:`chunk_options` of ``algo``.
+
+    A jaxlib that does not know an option (they are experimental in XLA) gets
+    a plain compile instead of an error.
+    """
+    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
+    options = chunk_options(algo)
+    if not options:
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as error:
+        if not any(name in str(error) for name in options):
+            raise
+        return lowered.compile()
+
+
 __all__ = [
+    "CPU_CHUNK_OPTIONS",
     "DEFAULT_CACHE_DIR",
     "RUN_ONCE_OPTIONS",
+    "chunk_options",
+    "compile_chunk",
     "compile_once",
     "enable_persistent_cache",
 ]

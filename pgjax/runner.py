@@ -71,7 +71,7 @@ import numpy as np
 
 from pgjax import plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
-from pgjax.compilation import compile_once
+from pgjax.compilation import compile_chunk, compile_once
 from pgjax.config import (
     SWEEPABLE,
     Hyperparams,
@@ -771,14 +771,13 @@ def run(
                 write_json_atomic(
                     run_dir / "config.json", config_to_json(config, sweep)
                 )
-            # Compile the chunk (full optimisation: it runs hundreds of times),
-            # then the evaluation (once, so at -O0; see compile_once).
+            # Compile the chunk (full optimisation: it runs hundreds of times;
+            # see compile_chunk), then the evaluation (once, so at -O0; see
+            # compile_once).
             chunk_fn = _wait(
                 pool,
-                lambda: (
-                    jax.jit(trainer.train_chunk_batch, donate_argnums=0)
-                    .lower(abstract)
-                    .compile()
+                lambda: compile_chunk(
+                    trainer.train_chunk_batch, config.algo, abstract, donate_argnums=0
                 ),
             )
             evaluation = _wait(

@@ -43,6 +43,7 @@ import numpy as np
 
 from pgjax import envs, presets
 from pgjax.algos import natural_pg
+from pgjax.compilation import chunk_options, compile_chunk
 from pgjax.config import TrainConfig
 from pgjax.train import make_train
 
@@ -60,10 +61,15 @@ def median_time(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def compiled(fn, *args):
-    """``(executable, compile_seconds)`` of ``jax.jit(fn)`` for these arguments."""
+def compiled(fn, *args, algo: str | None = None):
+    """``(executable, compile_seconds)`` of ``jax.jit(fn)`` for these arguments,
+    with the XLA options train.py gives ``algo``'s chunk (none without ``algo``:
+    the ceiling and the reference get XLA's defaults)."""
     start = time.perf_counter()
-    executable = jax.jit(fn).lower(*args).compile()
+    if algo is None:
+        executable = jax.jit(fn).lower(*args).compile()
+    else:
+        executable = compile_chunk(fn, algo, *args)
     return executable, time.perf_counter() - start
 
 
@@ -143,7 +149,7 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
     # The program train.py runs: unbatched for one seed, so that lax.cond stays
     # a branch (REINFORCE skips its padding blocks with it) instead of vmap's
     # select of both sides.
-    executable, compile_s = compiled(trainer.train_chunk_batch, state)
+    executable, compile_s = compiled(trainer.train_chunk_batch, state, algo=config.algo)
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
     steps = int(np.sum(jax.device_get(metrics["env_steps"])))
@@ -169,8 +175,8 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
 
         return jax.lax.scan(body, state.agent, jax.random.split(state.key, updates))
 
-    collect_exec, _ = compiled(collect, single)
-    learn_exec, _ = compiled(learn, single, batch)
+    collect_exec, _ = compiled(collect, single, algo=config.algo)
+    learn_exec, _ = compiled(learn, single, batch, algo=config.algo)
     rollout_s = median_time(collect_exec, single, repeats=repeats)
     learn_s = median_time(learn_exec, single, batch, repeats=repeats)
     phases = {}
@@ -214,7 +220,7 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
             keys = jax.random.split(state.key, updates)
             return jax.lax.scan(body, state.agent, keys)
 
-        executable, _ = compiled(learn, single, batch)
+        executable, _ = compiled(learn, single, batch, algo=trainer.config.algo)
         total = median_time(executable, single, batch, repeats=repeats) / updates
         seconds[phase] = max(total - previous, 0.0)
         previous = total
@@ -335,6 +341,7 @@ def main(argv=None) -> int:
         "updates_per_chunk": args.updates,
         "repeats": args.repeats,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "chunk_compiler_options": {algo: chunk_options(algo) for algo in algos},
     }
 
     def log(message):

@@ -1,0 +1,67 @@
+"""The chunk's XLA options: which algorithms get them, and that they compile."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgjax import compilation
+
+
+def test_chunk_options_only_for_actor_critic_algorithms_on_cpu():
+    for algo in ("a2c", "npg", "trpo"):
+        assert compilation.chunk_options(algo, "cpu") == compilation.CPU_CHUNK_OPTIONS
+        assert compilation.chunk_options(algo, "gpu") == {}
+    assert compilation.chunk_options("reinforce", "cpu") == {}
+
+
+def _kl_of_two_mlps(actor, other, obs):
+    """The pattern YNNPACK fused slowly under vmap: a policy's KL between two
+    small MLPs (products, tanh, log-softmax, a mean) in one subgraph."""
+
+    def logits(params, x):
+        return jnp.tanh(x @ params[0]) @ params[1]
+
+    a = jax.nn.log_softmax(logits(actor, obs))
+    b = jax.nn.log_softmax(logits(other, obs))
+    return jnp.mean(jnp.sum(jnp.exp(a) * (a - b), axis=-1))
+
+
+def test_compile_chunk_keeps_ynnpack_to_single_products_and_agrees_with_jit():
+    seeds, keys = 32, jax.random.split(jax.random.PRNGKey(0), 5)
+    actor = [
+        jax.random.normal(keys[0], (seeds, 4, 64)),
+        jax.random.normal(keys[1], (seeds, 64, 2)),
+    ]
+    other = [
+        jax.random.normal(keys[2], (seeds, 4, 64)),
+        jax.random.normal(keys[3], (seeds, 64, 2)),
+    ]
+    obs = jax.random.normal(keys[4], (seeds, 1024, 4))
+    fn = jax.vmap(_kl_of_two_mlps)
+    compiled = compilation.compile_chunk(fn, "a2c", actor, other, obs)
+    plain = jax.jit(fn).lower(actor, other, obs).compile()
+    np.testing.assert_allclose(
+        compiled(actor, other, obs), plain(actor, other, obs), rtol=1e-4
+    )
+    if jax.default_backend() == "cpu":
+        text = compiled.as_text()
+        # One YNNPACK call per product, none fusing products with the rest.
+        assert text.count("__ynn_fusion") == text.count(" dot(") == 4
+
+
+def test_compile_chunk_falls_back_when_jaxlib_lacks_an_option(monkeypatch):
+    monkeypatch.setattr(
+        compilation, "chunk_options", lambda algo: {"xla_cpu_no_such_option": "1"}
+    )
+    compiled = compilation.compile_chunk(lambda x: x + 1.0, "a2c", jnp.ones(3))
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), 2.0)
+
+
+def test_compile_chunk_donates_its_argument():
+    compiled = compilation.compile_chunk(
+        lambda x: x * 2.0, "a2c", jnp.ones(3), donate_argnums=0
+    )
+    x = jnp.ones(3)
+    np.testing.assert_array_equal(compiled(x), 2.0)
+    if jax.default_backend() == "cpu":
+        assert x.is_deleted()
