@@ -973,6 +973,11 @@ def _checkpoint_due(config: TrainConfig, host: _Host, last: _SaveMarker) -> bool
     )
 
 
+#: Episodes in all (rows × per row) from which the final evaluation is compiled
+#: at -O1 rather than -O0 (see pgjax.compilation): 4 seeds at the default 128.
+HEAVY_EVALUATION_EPISODES = 512
+
+
 def compile_evaluation(
     trainer: Trainer, abstract: Any, episodes: int
 ) -> Callable[[TrainState], np.ndarray]:
@@ -989,7 +994,10 @@ def compile_evaluation(
         )
         return jax.vmap(evaluate)(state, keys)
 
-    compiled = compile_once(returns, abstract)
+    rows = jax.tree.leaves(abstract)[0].shape[0]
+    compiled = compile_once(
+        returns, abstract, heavy=rows * episodes >= HEAVY_EVALUATION_EPISODES
+    )
     return lambda state: np.asarray(jax.device_get(compiled(state))).mean(axis=1)
 
 

@@ -65,3 +65,23 @@ def test_compile_chunk_donates_its_argument():
     np.testing.assert_array_equal(compiled(x), 2.0)
     if jax.default_backend() == "cpu":
         assert x.is_deleted()
+
+
+def test_final_evaluation_is_compiled_at_o1_only_when_heavy(monkeypatch):
+    from pgjax import runner
+    from pgjax.config import TrainConfig
+    from pgjax.train import make_train
+
+    trainer = make_train(TrainConfig(algo="a2c", num_envs=4, num_steps=2))
+    heavy_flags = []
+
+    def fake_compile_once(fn, *args, heavy=False):
+        heavy_flags.append(heavy)
+        return fn
+
+    monkeypatch.setattr(runner, "compile_once", fake_compile_once)
+    for rows, episodes in [(1, 128), (3, 128), (4, 128), (32, 16)]:
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(rows))
+        abstract = jax.eval_shape(trainer.init_batch, keys)
+        runner.compile_evaluation(trainer, abstract, episodes)
+    assert heavy_flags == [False, False, True, True]
