@@ -149,34 +149,44 @@ def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
     assert loss_fn(fitted, (obs, targets)) < before
 
 
-def test_tile_shape():
-    assert base.tile_shape(500, 4096, 2048) == (5, 256)  # 1280-row tiles
-    assert base.tile_shape(500, 64, 2048) == (25, 64)
-    assert base.tile_shape(500, 4096, 0) == (10, 4096)  # accelerators: all envs
-    assert base.tile_shape(7, 3, 2) == (1, 3)  # a tile never splits a row
+def test_valid_rows_lists_the_valid_flat_rows_first():
+    valid = jnp.array([[True, False, True], [False, True, False]])
+    index, count = base.valid_rows(valid)
+    assert int(count) == 3
+    np.testing.assert_array_equal(index, [0, 2, 4, 0, 0, 0])
 
 
-def test_skipping_grad_and_map_equal_the_masked_full_pass():
-    # Envs sorted by episode length (valid rows a staircase), tiles of 2 steps
-    # × 4 envs: the tiles past the staircase are skipped, the rest must give
-    # exactly the masked full-batch gradient and values.
+@pytest.mark.parametrize("block_rows", [0, 4, 7, 1000])
+def test_compacted_grad_and_map_equal_the_masked_full_pass(block_rows):
+    # Episodes of different lengths, all starting at row 0 (a REINFORCE
+    # buffer): only the 33 valid rows are computed, in blocks of block_rows
+    # (0: one block of all 80 rows; 7 does not divide 33; 1000 > 80).
     lengths = np.array([10, 7, 5, 5, 3, 2, 1, 0])
     valid = jnp.asarray(np.arange(10)[:, None] < lengths[None, :])  # [T=10, N=8]
     x = jax.random.normal(jax.random.PRNGKey(0), (10, 8, 3))
     w = jnp.array([0.3, -0.2, 0.5])
 
     def loss(w, block):
-        block_x, block_valid = block
-        return jnp.sum(block_valid * jnp.tanh(block_x @ w)), jnp.zeros(())
+        block_x, in_range = block
+        return jnp.sum(in_range * jnp.tanh(block_x @ w)), jnp.sum(in_range)
 
-    tile = (2, 4)
-    grads, _ = base.skipping_grad(loss, w, (x, valid), valid, tile)
+    grads, rows = base.compacted_grad(loss, w, x, valid, block_rows)
     full = jax.grad(lambda w: jnp.sum(valid * jnp.tanh(x @ w)))(w)
     np.testing.assert_allclose(grads, full, rtol=1e-5, atol=1e-6)
-    values = base.skipping_map(lambda b: jnp.tanh(b[0] @ w), (x, valid), valid, tile)
+    assert int(rows) == 33  # every valid row once, no padding row
+    values = base.compacted_map(lambda b: jnp.tanh(b @ w), x, valid, block_rows)
     expected = np.where(np.asarray(valid), np.tanh(np.asarray(x @ w)), 0.0)
-    used = np.asarray(values) != 0  # skipped tiles give 0, computed ones the value
-    np.testing.assert_allclose(np.asarray(values)[used], np.tanh(x @ w)[used], 1e-5)
-    np.testing.assert_allclose(np.where(valid, values, 0.0), expected, atol=1e-6)
-    # The last rows of the last envs were skipped: rows 6-9 × envs 4-7.
-    assert not np.any(np.asarray(values)[6:, 4:])
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_compacted_grad_of_no_valid_row_is_zero():
+    valid = jnp.zeros((4, 2), bool)
+    x = jnp.ones((4, 2, 3))
+
+    def loss(w, block):
+        return jnp.sum(block[1] * (block[0] @ w)), jnp.zeros(())
+
+    grads, _ = base.compacted_grad(loss, jnp.ones(3), x, valid, 2)
+    np.testing.assert_array_equal(grads, 0.0)
+    values = base.compacted_map(lambda b: b @ jnp.ones(3), x, valid, 2)
+    np.testing.assert_array_equal(values, 0.0)

@@ -323,94 +323,87 @@ def gae_targets(value_fn, batch, hyper: Hyperparams, block_rows: int, spec: EnvS
     return advantages, advantages + values
 
 
-#: Envs per tile of :func:`skipping_grad` on a CPU: small enough that, with
-#: envs sorted by episode length, few padding rows share a tile with valid ones.
-CPU_TILE_ENVS = 256
+def valid_rows(valid: Array) -> tuple[Array, Array]:
+    """Flat indices of the valid rows of a ``[T, N]`` mask, valid ones first.
 
-
-def tile_shape(horizon: int, num_envs: int, block_rows: int) -> tuple[int, int]:
-    """``(k, c)``: tiles of ``k`` time steps × ``c`` envs for :func:`skipping_grad`.
-
-    ``c`` is the largest divisor of ``num_envs`` up to :data:`CPU_TILE_ENVS`
-    (all envs when ``block_rows <= 0``, on accelerators); ``k`` the largest
-    divisor of ``horizon`` with ``k·c <= block_rows`` (65536 on accelerators).
+    Returns ``(index, count)``: ``index`` is ``[T·N]`` int32 (row ``t·N + n``),
+    its first ``count`` entries the valid rows in order, the rest 0.
     """
-    target = block_rows if block_rows > 0 else 65536
-    limit = CPU_TILE_ENVS if block_rows > 0 else num_envs
-    envs = max(c for c in range(1, min(limit, num_envs) + 1) if num_envs % c == 0)
-    steps = max(
-        [k for k in range(1, horizon + 1) if horizon % k == 0 and k * envs <= target]
-        or [1]
-    )
-    return steps, envs
+    flat = valid.reshape(-1)
+    (index,) = jnp.nonzero(flat, size=flat.shape[0], fill_value=0)
+    return index.astype(jnp.int32), jnp.sum(flat, dtype=jnp.int32)
 
 
-def _tiles(data, tile: tuple[int, int]):
-    """``[T, N, ...]`` leaves → ``[T/k · N/c, k, c, ...]``, time-major tile order."""
-    k, c = tile
+def _valid_blocks(data, valid, block_rows: int):
+    """What :func:`compacted_grad` and :func:`compacted_map` share.
 
-    def split(x):
-        time, envs = x.shape[:2]
-        x = x.reshape(time // k, k, envs // c, c, *x.shape[2:])
-        return jnp.swapaxes(x, 1, 2).reshape(-1, k, c, *x.shape[4:])
-
-    return jax.tree.map(split, data)
-
-
-def _untile(y, time: int, envs: int, tile: tuple[int, int]):
-    """Inverse of :func:`_tiles` for one leaf ``[T/k · N/c, k, c, ...]``."""
-    k, c = tile
-    y = y.reshape(time // k, envs // c, k, c, *y.shape[3:])
-    return jnp.swapaxes(y, 1, 2).reshape(time, envs, *y.shape[4:])
-
-
-def skipping_grad(loss_fn, params, data, valid, tile: tuple[int, int]):
-    """Like :func:`blocked_grad` over tiles of ``k`` time steps × ``c`` envs,
-    skipping tiles with no valid row (``lax.cond``), e.g. the padding after
-    each episode in a REINFORCE buffer: with the envs sorted by episode length
-    the valid rows form a staircase, and only the tiles it touches are
-    computed. ``loss_fn(params, block)`` gets leaves ``[k, c, ...]``.
+    Returns ``(block_at, num_blocks)``: ``block_at(i)`` gives block ``i``
+    of the valid rows, ``((leaves [size, ...], in_range [size]), rows [size])``,
+    where ``in_range`` marks the slots holding a valid row (the last block's
+    tail does not) and ``rows`` their flat indices; ``num_blocks`` (traced) is
+    how many blocks hold any valid row.
     """
+    index, count = valid_rows(valid)
+    total = index.shape[0]
+    size = block_rows if 0 < block_rows < total else total
+    index = jnp.pad(index, (0, -total % size))
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), data)
+
+    def block_at(i):
+        start = i * size
+        rows = jax.lax.dynamic_slice_in_dim(index, start, size)
+        in_range = start + jnp.arange(size) < count
+        return (jax.tree.map(lambda x: x[rows], flat), in_range), rows
+
+    return block_at, (count + size - 1) // size
+
+
+def compacted_grad(loss_fn, params, data, valid, block_rows: int):
+    """``Σ_b ∇loss_fn(params, block_b)`` over blocks of the *valid* rows only.
+
+    Like :func:`blocked_grad`, but the rows are first packed: blocks are
+    gathered from the flat indices of the rows where ``valid`` (``[T, N]``) is
+    True, and the loop stops after the last block that holds one. For a
+    REINFORCE buffer, where rows after each episode's end are padding, the
+    work is ``⌈valid rows / block_rows⌉`` full blocks wherever the valid rows
+    lie. ``loss_fn(params, (block, in_range))`` gets leaves ``[block_rows,
+    ...]`` and a bool mask ``[block_rows]`` of the slots that hold a valid row
+    (weight the loss by it) and returns ``(loss, aux)``, summed over blocks.
+    ``block_rows <= 0``: one block of all rows.
+    """
+    block_at, num_blocks = _valid_blocks(data, valid, block_rows)
     grad_fn = jax.grad(loss_fn, has_aux=True)
-    blocks = _tiles((data, valid), tile)
-    sample = jax.tree.map(lambda x: x[0], blocks[0])
     zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, sample)
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(grad_fn, params, block_at(0)[0]),
     )
 
-    def body(total, inputs):
-        block, block_valid = inputs
-        out = jax.lax.cond(
-            jnp.any(block_valid),
-            lambda b: grad_fn(params, b),
-            lambda b: zeros,
-            block,
-        )
-        return jax.tree.map(jnp.add, total, out), None
+    def body(i, total):
+        return jax.tree.map(jnp.add, total, grad_fn(params, block_at(i)[0]))
 
-    total, _ = jax.lax.scan(body, zeros, blocks)
-    return total
+    return jax.lax.fori_loop(0, num_blocks, body, zeros)
 
 
-def skipping_map(fn, data, valid, tile: tuple[int, int]):
-    """``fn`` over the tiles of :func:`skipping_grad`; tiles with no valid row
-    give 0. Outputs come back as ``[T, N, ...]``."""
+def compacted_map(fn, data, valid, block_rows: int):
+    """``fn`` on the blocks of :func:`compacted_grad`; back as ``[T, N, ...]``
+    leaves, 0 at the rows where ``valid`` is False. ``fn(block)`` gets leaves
+    ``[block_rows, ...]`` (no mask: its outputs at out-of-range slots are
+    dropped)."""
     time, envs = valid.shape
-    blocks = _tiles((data, valid), tile)
-    sample = jax.tree.map(lambda x: x[0], blocks[0])
-    shapes = jax.eval_shape(fn, sample)
+    block_at, num_blocks = _valid_blocks(data, valid, block_rows)
+    sample = jax.eval_shape(lambda: fn(block_at(0)[0][0]))
+    out = jax.tree.map(
+        lambda s: jnp.zeros((time * envs, *s.shape[1:]), s.dtype), sample
+    )
 
-    def one(inputs):
-        block, block_valid = inputs
-        return jax.lax.cond(
-            jnp.any(block_valid),
-            fn,
-            lambda b: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-            block,
-        )
+    def body(i, out):
+        (block, in_range), rows = block_at(i)
+        # Slots past the valid rows scatter out of bounds, and are dropped.
+        rows = jnp.where(in_range, rows, time * envs)
+        return jax.tree.map(lambda o, y: o.at[rows].set(y, mode="drop"), out, fn(block))
 
-    out = jax.lax.map(one, blocks)
-    return jax.tree.map(lambda y: _untile(y, time, envs, tile), out)
+    out = jax.lax.fori_loop(0, num_blocks, body, out)
+    return jax.tree.map(lambda y: y.reshape(time, envs, *y.shape[1:]), out)
 
 
 def make_networks(

@@ -76,9 +76,7 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             return losses.episode_returns(rewards * batch.valid, gammas, ends), to_go
         return to_go, to_go
 
-    tile = base.tile_shape(
-        spec.max_episode_steps, config.num_envs, base.resolve_block_rows(config)
-    )
+    block_rows = base.resolve_block_rows(config)
     use_critic = config.baseline == "value"
 
     def make_block_loss(hyper: Hyperparams, num_valid):
@@ -86,8 +84,8 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         losses add up to the masked means of the whole batch."""
 
         def block_loss(params, block):
-            obs, action, advantages, targets, valid = block
-            weight = valid.astype(advantages.dtype) / num_valid
+            (obs, action, advantages, targets), in_range = block
+            weight = in_range.astype(advantages.dtype) / num_valid
             dist = policy.apply(params["actor"], obs)
             policy_loss = -jnp.sum(weight * advantages * dist.log_prob(action))
             entropy = jnp.sum(weight * dist.entropy())
@@ -103,22 +101,18 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         del key
-        # Longest episodes first: every episode starts at row 0, so the valid
-        # rows become a staircase and the tiles past it are skipped (an
-        # untrained policy's 4096 CartPole episodes fill ~16 % of the rows up
-        # to the longest). Everything below treats envs alike, so the order
-        # changes no value, only the summation order.
-        order = jnp.argsort(-jnp.sum(batch.valid, axis=0))
-        batch = jax.tree.map(lambda x: x[:, order], batch)
+        # The networks see only the valid rows, packed into full blocks
+        # (base.compacted_grad): an untrained policy's 4096 CartPole episodes
+        # fill ~16 % of the buffer's rows up to the longest episode.
         g_hat, to_go = weights(batch, hyper)
         if config.baseline == "mean":
             advantages = g_hat - losses.masked_mean(g_hat, batch.valid)
         elif use_critic:
-            values = base.skipping_map(
+            values = base.compacted_map(
                 lambda obs: critic.apply(agent.critic, obs),
                 batch.obs,
                 batch.valid,
-                tile,
+                block_rows,
             )
             advantages = g_hat - values
         else:
@@ -128,12 +122,12 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         advantages = jax.lax.stop_gradient(advantages)
         num_valid = jnp.maximum(jnp.sum(batch.valid), 1).astype(jnp.float32)
         params = {"actor": agent.actor, "critic": agent.critic}
-        grads, (policy_loss, entropy, value_loss) = base.skipping_grad(
+        grads, (policy_loss, entropy, value_loss) = base.compacted_grad(
             make_block_loss(hyper, num_valid),
             params,
-            (batch.obs, batch.action, advantages, to_go, batch.valid),
+            (batch.obs, batch.action, advantages, to_go),
             batch.valid,
-            tile,
+            block_rows,
         )
         actor_grads, grad_norm = base.clip_by_global_norm(
             grads["actor"], hyper.max_grad_norm
