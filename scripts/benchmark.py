@@ -146,9 +146,9 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
     trainer = make_train(dataclasses.replace(config, updates_per_chunk=updates))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
     state = jax.jit(trainer.init_batch)(keys)
-    # The program train.py runs: unbatched for one seed, so that lax.cond stays
-    # a branch (REINFORCE skips its padding blocks with it) instead of vmap's
-    # select of both sides.
+    # The program train.py runs: unbatched for one seed, so that the idle-slot
+    # lax.cond stays a branch instead of vmap's select of both sides, and
+    # REINFORCE's block loop stops at the seed's own last valid row.
     executable, compile_s = compiled(trainer.train_chunk_batch, state, algo=config.algo)
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
