@@ -120,19 +120,26 @@ def collect_steps(
       with ``valid`` all True.
     """
     norm = _normalizer(env_state, normalize_obs)
+    num_envs = env_state.obs.shape[0]
+    act_key, env_key = jax.random.split(key)
+    # Every env's step and reset keys for the whole rollout in one threefry
+    # call, instead of one split per step (plus gymnax's own per env).
+    env_keys = jax.random.split(env_key, (num_steps, 2, num_envs))
 
-    def one_step(state: EnvBatchState, step_key: Array):
-        act_key, env_key = jax.random.split(step_key)
+    def one_step(state: EnvBatchState, keys: tuple[Array, Array]):
+        step_act_key, step_env_keys = keys
         obs = norm(state.obs)
-        action, log_prob = act_fn(obs, act_key)
-        next_state, result = envs.step(spec, state, action, env_key)
+        action, log_prob = act_fn(obs, step_act_key)
+        next_state, result = envs.step_with_keys(
+            spec, state, action, step_env_keys[0], step_env_keys[1]
+        )
         transition = _transition(
             obs, action, log_prob, result, norm, jnp.ones_like(result.terminated)
         )
         return next_state, (transition, state.obs)
 
     final_state, (batch, raw_obs) = jax.lax.scan(
-        one_step, env_state, jax.random.split(key, num_steps)
+        one_step, env_state, (jax.random.split(act_key, num_steps), env_keys)
     )
     final_state = _update_obs_norm(final_state, raw_obs, batch.valid, normalize_obs)
     return final_state, batch

@@ -297,3 +297,66 @@ def test_normalize_obs_standardises_and_clips():
     np.testing.assert_allclose(
         envs.normalize_obs(norm, obs), [[1.0, -1.0], [0.0, 10.0]], rtol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "env_id", ["CartPole-v1", "Pendulum-v1", "ProbeTruncatedState-v0", "DeepSea-bsuite"]
+)
+def test_step_with_keys_matches_gymnax_step(env_id):
+    # gymnax's Environment.step splits each env's key into (step, reset) keys;
+    # step_with_keys given those halves must reproduce it exactly, resets and
+    # final observations included (DeepSea overrides step: the fallback path).
+    spec = envs.make_env(env_id)
+    num_envs, steps = 8, min(spec.max_episode_steps, 200) + 5
+    state = envs.reset(spec, jax.random.PRNGKey(0), num_envs)
+    env_state, obs = state.env_state, state.obs
+    space = spec.env.action_space(spec.params)
+    keys = jax.random.split(jax.random.PRNGKey(1), (steps, num_envs))
+    standard = envs._standard_auto_reset(spec.env)
+    assert standard is (env_id != "DeepSea-bsuite")
+
+    @jax.jit
+    def both(state, env_state, key_row, act_key):
+        actions = jax.vmap(space.sample)(jax.random.split(act_key, num_envs))
+        halves = jax.vmap(jax.random.split)(key_row)  # [N, 2, 2]
+        ours, result = envs.step_with_keys(
+            spec, state, actions, halves[:, 0], halves[:, 1]
+        )
+        theirs = jax.vmap(spec.env.step, in_axes=(0, 0, 0, None))(
+            key_row, env_state, envs.env_action(spec, actions), spec.params
+        )
+        return ours, result, theirs
+
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    resets = 0
+    for t in range(steps):
+        ours, result, theirs = both(
+            state, env_state, keys[t], jax.random.PRNGKey(100 + t)
+        )
+        obs, env_state, reward, terminated, truncated, info = theirs
+        # Same keys, same arithmetic: equal up to XLA's float rounding (the
+        # two programs fuse differently); flags and resets exactly.
+        close(ours.obs, obs)
+        close(result.reward, reward)
+        np.testing.assert_array_equal(result.terminated, terminated)
+        np.testing.assert_array_equal(result.truncated, truncated)
+        close(result.final_obs, info["final_observation"])
+        jax.tree.map(close, ours.env_state, env_state)
+        resets += int(np.sum(terminated | truncated))
+        # Both continue from gymnax's state, so rounding cannot accumulate.
+        state = ours.replace(env_state=env_state, obs=obs.astype(np.float32))
+    assert resets > 0  # the auto-reset branch was exercised
+
+
+def test_step_draws_distinct_step_and_reset_keys():
+    # One split gives every env its own pair: no two envs share a reset, and
+    # the reset of an env differs from what its step key would give.
+    spec = envs.make_env("CartPole-v1")
+    key = jax.random.PRNGKey(3)
+    keys = jax.random.split(key, (2, 16))
+    flat = np.asarray(keys).reshape(32, 2)
+    assert len({tuple(k) for k in flat}) == 32
+    state = envs.reset(spec, jax.random.PRNGKey(0), 16)
+    stepped, _ = envs.step(spec, state, jnp.zeros(16, jnp.int32), key)
+    again, _ = envs.step_with_keys(spec, state, jnp.zeros(16, jnp.int32), *keys)
+    np.testing.assert_array_equal(stepped.obs, again.obs)
