@@ -772,16 +772,14 @@ def run(
                     run_dir / "config.json", config_to_json(config, sweep)
                 )
             # Compile the chunk (full optimisation: it runs hundreds of times;
-            # see compile_chunk), then the evaluation (once, so at -O0; see
-            # compile_once).
+            # see compile_chunk). The evaluation compiles after training, so
+            # that training starts sooner (and an interrupted run never builds
+            # it).
             chunk_fn = _wait(
                 pool,
                 lambda: compile_chunk(
                     trainer.train_chunk_batch, config.algo, abstract, donate_argnums=0
                 ),
-            )
-            evaluation = _wait(
-                pool, compile_evaluation, trainer, abstract, config.eval_episodes
             )
             compile_seconds = time.time() - compile_start
             host.compile_seconds += compile_seconds
@@ -878,7 +876,17 @@ def run(
 
             save(final=True)
             signum = interrupts.signum
-            eval_returns = _wait(pool, evaluation, state) if signum is None else None
+            eval_returns = None
+            if signum is None:
+                # Once, so at -O0 (-O1 for a sweep's many episodes): compile_once.
+                eval_start = time.time()
+                evaluation = _wait(
+                    pool, compile_evaluation, trainer, abstract, config.eval_episodes
+                )
+                eval_compile_seconds = time.time() - eval_start
+                compile_seconds += eval_compile_seconds
+                host.compile_seconds += eval_compile_seconds
+                eval_returns = _wait(pool, evaluation, state)
             wall_seconds = wall_offset + time.time() - start_time
             summary = _summary(
                 config, layout, host, eval_returns, wall_seconds, compile_seconds

@@ -5,9 +5,12 @@
 Everything is measured back to back in one process, so figures can be read as
 ratios against the reference (a minimal hand-written JAX A2C, see
 scripts/reference_a2c.py) and the random-action ceiling, which cancels most of
-the noise of a shared machine. Each timing is the median of ``--repeats`` runs
-of a compiled chunk of ``--updates`` updates; compile time is measured
-separately (ahead-of-time ``lower().compile()``).
+the noise of a shared machine. Each algorithm's chunk runs in alternation with
+the reference's, and its ``ratio_to_reference`` is the median of the per-repeat
+ratios, so a change in the machine's load mid-run moves both alike. Each
+timing is the median of ``--repeats`` runs of a compiled chunk of ``--updates``
+updates; compile time is measured separately (ahead-of-time
+``lower().compile()``).
 
 Sections (each can be skipped):
   ceiling      env steps/s with random actions at --num-envs
@@ -59,6 +62,24 @@ def median_time(fn, *args, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_times(programs, repeats: int) -> list[list[float]]:
+    """Wall seconds of each ``(fn, args)`` in ``programs``, run in turn
+    ``repeats`` times (after one warm-up each): ``times[i][r]``.
+
+    Interleaving puts each repeat of every program in the same few seconds of
+    a shared machine, so their ratios stay steady while its load drifts.
+    """
+    for fn, args in programs:
+        jax.block_until_ready(fn(*args))
+    times = [[] for _ in programs]
+    for _ in range(repeats):
+        for i, (fn, args) in enumerate(programs):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[i].append(time.perf_counter() - start)
+    return times
 
 
 def compiled(fn, *args, algo: str | None = None):
@@ -121,24 +142,46 @@ def bench_ceiling(env_id: str, num_envs: int, num_steps: int, repeats: int) -> d
     }
 
 
-def bench_reference(
-    env_id: str, num_envs: int, num_steps: int, updates: int, repeats: int
-) -> dict:
+@dataclasses.dataclass
+class Reference:
+    """The compiled reference A2C chunk, kept to time beside each algorithm."""
+
+    executable: object
+    state: object
+    steps: int  # env steps per chunk
+    compile_seconds: float
+
+
+def make_reference(env_id: str, num_envs: int, num_steps: int, updates: int):
     from reference_a2c import make_reference_a2c
 
     init, chunk = make_reference_a2c(env_id, num_envs, num_steps)
     state = jax.jit(init)(jax.random.PRNGKey(0))
     executable, compile_s = compiled(lambda s: chunk(s, updates), state)
-    seconds = median_time(executable, state, repeats=repeats)
+    return Reference(executable, state, num_envs * num_steps * updates, compile_s)
+
+
+def bench_reference(reference: Reference, repeats: int) -> dict:
+    seconds = median_time(reference.executable, reference.state, repeats=repeats)
     return {
-        "steps_per_second": num_envs * num_steps * updates / seconds,
-        "compile_seconds": compile_s,
-        "memory_bytes": memory_bytes(executable),
+        "steps_per_second": reference.steps / seconds,
+        "compile_seconds": reference.compile_seconds,
+        "memory_bytes": memory_bytes(reference.executable),
     }
 
 
-def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
-    """Training steps/s of ``updates`` updates, compile time, memory, phase split."""
+def bench_algorithm(
+    config: TrainConfig,
+    updates: int,
+    repeats: int,
+    reference: Reference | None = None,
+) -> dict:
+    """Training steps/s of ``updates`` updates, compile time, memory, phase split.
+
+    With ``reference``, the chunk and the reference chunk run in alternation
+    (:func:`paired_times`) and ``ratio_to_reference`` is the median over the
+    repeats of the two speeds' ratio.
+    """
     if config.algo == "reinforce":
         # One update is a whole episode per env (up to 500 steps on CartPole):
         # a few updates already hold millions of steps.
@@ -153,7 +196,25 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
     steps = int(np.sum(jax.device_get(metrics["env_steps"])))
-    seconds = median_time(executable, state, repeats=repeats)
+    paired = {}
+    if reference is None:
+        seconds = median_time(executable, state, repeats=repeats)
+    else:
+        times, reference_times = paired_times(
+            [(executable, (state,)), (reference.executable, (reference.state,))],
+            repeats,
+        )
+        seconds = statistics.median(times)
+        ratios = [
+            (steps / t) / (reference.steps / r)
+            for t, r in zip(times, reference_times, strict=True)
+        ]
+        paired = {
+            "ratio_to_reference": statistics.median(ratios),
+            "ratios_to_reference": ratios,
+            "reference_steps_per_second": reference.steps
+            / statistics.median(reference_times),
+        }
 
     # Phase split: the rollout alone, and the learning step alone on a fixed batch.
     single = jax.tree.map(lambda x: x[0], state)
@@ -194,6 +255,7 @@ def bench_algorithm(config: TrainConfig, updates: int, repeats: int) -> dict:
         "learn_seconds_per_update": learn_s / updates,
         "rollout_fraction": rollout_s / (rollout_s + learn_s),
         **({"learn_phase_seconds_per_update": phases} if phases else {}),
+        **paired,
     }
 
 
@@ -355,10 +417,12 @@ def main(argv=None) -> int:
             args.env, args.num_envs, args.num_steps * args.updates, args.repeats
         )
         log(f"ceiling: {report['ceiling']['steps_per_second']:,.0f} steps/s")
+    reference = None
     if "reference" not in skip:
-        report["reference_a2c"] = bench_reference(
-            args.env, args.num_envs, args.num_steps, args.updates, args.repeats
+        reference = make_reference(
+            args.env, args.num_envs, args.num_steps, args.updates
         )
+        report["reference_a2c"] = bench_reference(reference, args.repeats)
         log(
             f"reference a2c: {report['reference_a2c']['steps_per_second']:,.0f} steps/s"
         )
@@ -366,18 +430,16 @@ def main(argv=None) -> int:
     if "algorithms" not in skip:
         report["algorithms"] = {}
         for algo in algos:
-            # Same workload as the reference: num_envs x num_steps.
+            # Same workload as the reference (num_envs x num_steps), timed in
+            # alternation with it: the ratio reported.
             config = config_for(algo, args.env, args.num_envs, args.num_steps)
-            result = bench_algorithm(config, args.updates, args.repeats)
+            result = bench_algorithm(config, args.updates, args.repeats, reference)
             # And the preset's own shape, which is what users run.
             preset_config = config_for(algo, args.env, args.num_envs, None)
             if preset_config.num_steps != config.num_steps and algo != "reinforce":
                 result["preset"] = bench_algorithm(
                     preset_config, args.updates, args.repeats
                 )
-            if "reference_a2c" in report:
-                ref = report["reference_a2c"]["steps_per_second"]
-                result["ratio_to_reference"] = result["steps_per_second"] / ref
             report["algorithms"][algo] = result
             log(
                 f"{algo}: {result['steps_per_second']:,.0f} steps/s, compile "
