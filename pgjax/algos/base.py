@@ -245,9 +245,9 @@ def fit_critic(
     groups; a minibatch is all ``T`` steps of one group (shuffling ``N`` envs
     costs ~1/20 of shuffling ``T·N`` rows, a sort on a CPU). A single epoch
     takes the envs in order: they are exchangeable, so that is already a
-    random split. Targets are fixed
-    before the fit, so one epoch of ``M`` minibatches costs the FLOPs of one
-    full-batch step but moves the critic ``M`` times.
+    random split. Targets are fixed before the fit, so one epoch of ``M``
+    minibatches costs the FLOPs of one full-batch step but moves the critic
+    ``M`` times.
 
     Args:
       loss_fn: ``(params, block) → mean loss`` of a block whose leaves are
