@@ -13,7 +13,9 @@ class _DeferredModule(types.ModuleType):
 
     gymnax imports seaborn at module level for two renderers (Pong, MinAtar);
     seaborn pulls in pandas and scipy.stats, about 2 s of every command's start
-    on a 2-core machine, although training never renders. The first attribute
+    on a 2-core machine, although training never renders. Likewise
+    ``matplotlib.pyplot`` (five gymnax modules import it; pgjax.plotting
+    imports it when it plots): 0.3-0.6 s. The first attribute
     lookup imports the real module, puts it in ``sys.modules`` and copies its
     namespace here, so code holding this object keeps working.
     (``importlib.util.LazyLoader`` does not help: the ``import`` statement itself
@@ -34,3 +36,4 @@ def _defer_import(name: str) -> None:
 
 
 _defer_import("seaborn")
+_defer_import("matplotlib.pyplot")
