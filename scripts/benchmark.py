@@ -53,17 +53,6 @@ from pgjax.train import make_train
 SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
 
 
-def median_time(fn, *args, repeats: int) -> float:
-    """Median wall seconds of ``fn(*args)`` (outputs blocked on), after a warm-up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def paired_times(programs, repeats: int) -> list[list[float]]:
     """Wall seconds of each ``(fn, args)`` in ``programs``, run in turn
     ``repeats`` times (after one warm-up each): ``times[i][r]``.
@@ -80,6 +69,12 @@ def paired_times(programs, repeats: int) -> list[list[float]]:
             jax.block_until_ready(fn(*args))
             times[i].append(time.perf_counter() - start)
     return times
+
+
+def median_time(fn, *args, repeats: int) -> float:
+    """Median wall seconds of ``fn(*args)`` (outputs blocked on), after a warm-up."""
+    (times,) = paired_times([(fn, args)], repeats)
+    return statistics.median(times)
 
 
 def compiled(fn, *args, algo: str | None = None):
@@ -188,7 +183,7 @@ def bench_algorithm(
         # the others, though: from the untrained policy the first updates'
         # episodes are short (~20 steps), and per-update costs that scale with
         # the 500-row buffer dominate them (2 updates measured 0.61× the
-        # reference where 10 measured 1.24×, same code).
+        # reference and 10 measured 1.24×, in separate runs).
         repeats = max(1, min(repeats, 3))
     trainer = make_train(dataclasses.replace(config, updates_per_chunk=updates))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
