@@ -71,7 +71,7 @@ import numpy as np
 
 from pgjax import plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
-from pgjax.compilation import compile_chunk, compile_once
+from pgjax.compilation import RUN_ONCE_OPTIONS, compile_chunk, compile_once
 from pgjax.config import (
     SWEEPABLE,
     Hyperparams,
@@ -343,13 +343,27 @@ def strong(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(x.dtype), tree)
 
 
+def trace_init(trainer: Trainer, layout: Layout) -> jax.stages.Traced:
+    """The traced ``(keys, hyper) -> [R] state`` program (no weak types; see
+    :func:`strong`) for the rows' keys and hyperparameters. Its ``out_info``
+    is the abstract state, and a fresh run compiles it (:func:`compile_init`):
+    one trace serves both."""
+    config = trainer.config
+    return jax.jit(lambda k, h: strong(trainer.init_batch(k, h))).trace(
+        row_keys(config, layout), row_hyper(config, layout)
+    )
+
+
+def abstract_of(traced_init: jax.stages.Traced) -> Any:
+    """Shapes and dtypes of the state :func:`trace_init`'s program returns."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), traced_init.out_info
+    )
+
+
 def abstract_state(trainer: Trainer, layout: Layout) -> Any:
     """Shapes and dtypes of the ``[R]`` state (for compiling and restoring)."""
-    config = trainer.config
-    shapes = jax.eval_shape(
-        trainer.init_batch, row_keys(config, layout), row_hyper(config, layout)
-    )
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes)
+    return abstract_of(trace_init(trainer, layout))
 
 
 # ---------------------------------------------------------------- metrics.csv
@@ -724,7 +738,8 @@ def run(
     )
     columns = [*layout.label_columns(), "update", "step", "wall_time"]
     columns += list(trainer.metric_names)
-    abstract = abstract_state(trainer, layout)
+    traced_init = trace_init(trainer, layout)
+    abstract = abstract_of(traced_init)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
     if not resume and checkpointer.steps():
@@ -758,7 +773,7 @@ def run(
                 checkpointer.delete_after(resumed_from)  # unreadable newer ones
             else:
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
-                state = _wait(pool, compile_init(trainer, keys, hyper), keys, hyper)
+                state = _wait(pool, compile_init(traced_init), keys, hyper)
             if resume:
                 kept = truncate_metrics(run_dir / "metrics.csv", columns, host.csv_rows)
                 if kept < host.csv_rows:
@@ -1009,9 +1024,10 @@ def compile_evaluation(
     return lambda state: np.asarray(jax.device_get(compiled(state))).mean(axis=1)
 
 
-def compile_init(trainer: Trainer, keys: jax.Array, hyper: Hyperparams) -> Callable:
-    """The compiled ``(keys, hyper) -> [R] state`` (no weak types; see strong)."""
-    return compile_once(lambda k, h: strong(trainer.init_batch(k, h)), keys, hyper)
+def compile_init(traced_init: jax.stages.Traced) -> Callable:
+    """The compiled ``(keys, hyper) -> [R] state`` of :func:`trace_init`, at
+    -O0 like every run-once program (:func:`~pgjax.compilation.compile_once`)."""
+    return traced_init.lower().compile(compiler_options=RUN_ONCE_OPTIONS)
 
 
 def _summary(

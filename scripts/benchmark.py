@@ -17,7 +17,9 @@ Sections (each can be skipped):
   algorithms   training steps/s, compile s, memory, rollout vs learning split
   scaling      steps/s against num_envs (64 ... 65536) and against --num-seeds
   solve        wall seconds (compile included) to the solved threshold, median
-               over seeds, by running scripts/train.py as a user would
+               over seeds, by running scripts/train.py as a user would (with
+               the user's compilation cache, or with --solve-cold an empty
+               one per run: what a first run costs)
 
 Writes benchmark.json and benchmark.png (steps/s against num_envs, a line per
 algorithm and the ceiling) to --out. Runs unchanged on a GPU.
@@ -288,8 +290,16 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     return seconds
 
 
-def bench_solve(algo: str, env: str, seeds: list[int], extra: list[str]) -> dict:
-    """Runs scripts/train.py per seed; seconds to the threshold from metrics.csv."""
+def bench_solve(
+    algo: str, env: str, seeds: list[int], extra: list[str], cold: bool = False
+) -> dict:
+    """Runs scripts/train.py per seed; seconds to the threshold from metrics.csv.
+
+    ``wall_time`` in metrics.csv counts from the process's start, so imports
+    and compilation are included. ``cold``: each run gets an empty persistent
+    compilation cache (``PGJAX_COMPILE_CACHE``), as a first run would;
+    otherwise runs share the user's cache, as reruns do.
+    """
     threshold = SOLVED[env]
     script = Path(__file__).resolve().parent / "train.py"
     results = []
@@ -299,8 +309,13 @@ def bench_solve(algo: str, env: str, seeds: list[int], extra: list[str]) -> dict
             command = [sys.executable, str(script), "--algo", algo, "--env", env]
             command += ["--seed", str(seed), "--run-dir", str(run_dir)]
             command += ["--no-progress", *extra]
+            environment = dict(os.environ)
+            if cold:
+                environment["PGJAX_COMPILE_CACHE"] = str(Path(tmp) / "xla-cache")
             start = time.time()
-            proc = subprocess.run(command, capture_output=True, text=True)
+            proc = subprocess.run(
+                command, capture_output=True, text=True, env=environment
+            )
             wall = time.time() - start
             if proc.returncode != 0:
                 results.append({"seed": seed, "error": proc.stderr.strip()[-500:]})
@@ -329,6 +344,7 @@ def bench_solve(algo: str, env: str, seeds: list[int], extra: list[str]) -> dict
     reached = [t for t in times if t is not None]
     return {
         "threshold": threshold,
+        "compilation_cache": "empty per run" if cold else "shared",
         "runs": results,
         "median_seconds_to_threshold": statistics.median(reached)
         if len(reached) == len(seeds)
@@ -379,6 +395,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--scaling-seeds", default="1,2,4,8")
     parser.add_argument("--solve-seeds", default="0,1,2,3,4")
+    parser.add_argument(
+        "--solve-cold",
+        action="store_true",
+        help="solve section: an empty compilation cache for every run",
+    )
     parser.add_argument(
         "--skip",
         default="",
@@ -489,7 +510,7 @@ def main(argv=None) -> int:
         seeds = [int(x) for x in args.solve_seeds.split(",") if x]
         report["solve"] = {}
         for algo in algos:
-            result = bench_solve(algo, args.env, seeds, [])
+            result = bench_solve(algo, args.env, seeds, [], cold=args.solve_cold)
             report["solve"][algo] = result
             log(
                 f"{algo} time to {result['threshold']}: median "

@@ -41,3 +41,36 @@ def test_benchmark_reports_paired_ratio(tmp_path):
     assert a2c["reference_steps_per_second"] > 0
     assert 0 < a2c["rollout_fraction"] < 1
     assert a2c["compile_seconds"] > 0
+
+
+def test_solve_reads_the_first_crossing_and_can_give_each_run_an_empty_cache(
+    monkeypatch, tmp_path
+):
+    seen = []
+
+    def fake_run(command, capture_output, text, env):
+        run_dir = Path(command[command.index("--run-dir") + 1])
+        run_dir.mkdir(parents=True)
+        seen.append(env.get("PGJAX_COMPILE_CACHE"))
+        rows = ["wall_time,episode_return", "1.5,", "2.5,480", "3.5,500"]
+        (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+        summary = {"eval_return": 500.0, "compile_seconds": 1.0}
+        summary["steps_per_second"] = 1e6
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+        class Done:
+            returncode = 0
+
+        return Done()
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setenv("PGJAX_COMPILE_CACHE", str(tmp_path / "user-cache"))
+    shared = benchmark.bench_solve("a2c", "CartPole-v1", [0, 1], [])
+    assert shared["median_seconds_to_threshold"] == 2.5
+    assert shared["compilation_cache"] == "shared"
+    cold = benchmark.bench_solve("a2c", "CartPole-v1", [0, 1], [], cold=True)
+    assert cold["compilation_cache"] == "empty per run"
+    assert seen[:2] == [str(tmp_path / "user-cache")] * 2
+    # A fresh folder per run, none of them the user's.
+    assert len(set(seen[2:])) == 2
+    assert str(tmp_path / "user-cache") not in seen[2:]

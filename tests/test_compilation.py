@@ -7,11 +7,19 @@ import numpy as np
 from pgjax import compilation
 
 
-def test_chunk_options_only_for_actor_critic_algorithms_on_cpu():
-    for algo in ("a2c", "npg", "trpo"):
-        assert compilation.chunk_options(algo, "cpu") == compilation.CPU_CHUNK_OPTIONS
+def test_chunk_options_per_algorithm_on_cpu_only():
+    ynnpack = "xla_cpu_experimental_ynn_fusion_type"
+    level = "xla_backend_optimization_level"
+    for algo in ("a2c", "npg", "trpo", "reinforce"):
+        options = compilation.chunk_options(algo, "cpu")
+        assert options == compilation.CPU_CHUNK_OPTIONS[algo]
+        assert (ynnpack in options) == (algo != "reinforce")
+        assert options.get(level) == (None if algo == "trpo" else 1)
         assert compilation.chunk_options(algo, "gpu") == {}
-    assert compilation.chunk_options("reinforce", "cpu") == {}
+    assert compilation.chunk_options("other", "cpu") == {}
+    # A copy: callers cannot change the table.
+    compilation.chunk_options("a2c", "cpu")[level] = 3
+    assert compilation.CPU_CHUNK_OPTIONS["a2c"][level] == 1
 
 
 def _kl_of_two_mlps(actor, other, obs):
@@ -49,12 +57,20 @@ def test_compile_chunk_keeps_ynnpack_to_single_products_and_agrees_with_jit():
         assert text.count("__ynn_fusion") == text.count(" dot(") == 4
 
 
-def test_compile_chunk_falls_back_when_jaxlib_lacks_an_option(monkeypatch):
-    monkeypatch.setattr(
-        compilation, "chunk_options", lambda algo: {"xla_cpu_no_such_option": "1"}
-    )
+def test_compile_chunk_drops_only_the_options_jaxlib_lacks(monkeypatch):
+    options = {"xla_cpu_no_such_option": "1", "xla_backend_optimization_level": 1}
+    monkeypatch.setattr(compilation, "chunk_options", lambda algo: dict(options))
+    seen = []
+    compile_ = jax.stages.Lowered.compile
+
+    def spy(self, compiler_options=None):
+        seen.append(dict(compiler_options or {}))
+        return compile_(self, compiler_options=compiler_options)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", spy)
     compiled = compilation.compile_chunk(lambda x: x + 1.0, "a2c", jnp.ones(3))
     np.testing.assert_array_equal(compiled(jnp.ones(3)), 2.0)
+    assert seen == [options, {"xla_backend_optimization_level": 1}]
 
 
 def test_compile_chunk_donates_its_argument():

@@ -158,7 +158,9 @@ def blocked_grad(loss_fn, params, data, block_rows: int):
     rows = jax.tree.leaves(data)[0].shape[0] * jax.tree.leaves(data)[0].shape[1]
     count = num_blocks(rows, block_rows)
     blocks = _to_blocks(data, count)
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    # jit: eval_shape below fills its trace cache and the scan body reuses the
+    # trace (the loss is traced once, not twice).
+    grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))
     if count == 1:
         return grad_fn(params, jax.tree.map(lambda x: x[0], blocks))
 
@@ -380,7 +382,7 @@ def compacted_grad(loss_fn, params, data, valid, block_rows: int):
     ``block_rows <= 0``: one block of all rows.
     """
     block_at, num_blocks = _valid_blocks(data, valid, block_rows)
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))  # traced once (blocked_grad)
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype),
         jax.eval_shape(grad_fn, params, block_at(0)[0]),
