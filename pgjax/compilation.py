@@ -8,7 +8,7 @@ already uses both cores), so:
 * :func:`compile_once` builds the run-once programs at XLA backend optimisation
   level 0, which halves their compile time (init 3.2 → 1.7 s, evaluation
   2.7 → 1.6 s for A2C on CartPole); they run once, so their slower code costs
-  milliseconds. The chunk keeps full optimisation (-O0 makes it ~3× slower).
+  milliseconds. The chunk is optimised (-O0 makes it ~3× slower; -O1, see below).
   Results agree with the optimised build to float32 rounding, not bit for bit.
   A heavy run-once program (the final evaluation of a sweep: rows × episodes
   of full episodes) is built at -O1 instead: for 32 rows × 128 CartPole
@@ -23,12 +23,11 @@ already uses both cores), so:
   products only made the chunk 1.07× faster for A2C at 4096 envs, 1.26× for a
   sweep of 32 × 64 envs, 1.17× for 8 seeds × 4096, 1.04× for NPG and 1.32×
   for TRPO; REINFORCE measured 0.91×, so it keeps XLA's default
-  (docs/performance.md, "Fifth session"). The chunks of A2C, NPG and
-  REINFORCE are also built at backend optimisation level 1 (LLVM's lighter
-  pipeline): 21 % shorter compiles for A2C (3.32 → 2.61 s) and 16 % for NPG
-  (5.37 → 4.52 s) at the same speed (0.999× and 1.003×, 9 alternating
-  repeats); TRPO measured 0.98–0.99× at -O1, so it keeps level 2
-  (docs/performance.md, "Seventh session").
+  (docs/performance.md, "Fifth session"). Every chunk is also built at
+  backend optimisation level 1 (LLVM's lighter pipeline): 21 % shorter
+  compiles for A2C (3.32 → 2.61 s), 16 % for NPG (5.37 → 4.52 s), 5–8 % for
+  TRPO and REINFORCE, at the same speed (median speed ratios 0.98–1.02 over
+  9–11 alternating repeats; docs/performance.md, "Seventh session").
 * :func:`enable_persistent_cache` points JAX's persistent compilation cache at a
   folder, so that a second run of the same programs (another seed, a resume, a
   rerun) loads the executables instead of compiling them.
@@ -64,7 +63,7 @@ _LIGHT_LLVM = {"xla_backend_optimization_level": 1}
 CPU_CHUNK_OPTIONS: dict[str, dict[str, Any]] = {
     "a2c": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
     "npg": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
-    "trpo": dict(_YNNPACK_SINGLE_PRODUCTS),
+    "trpo": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
     "reinforce": dict(_LIGHT_LLVM),
 }
 

@@ -786,8 +786,8 @@ def run(
                 write_json_atomic(
                     run_dir / "config.json", config_to_json(config, sweep)
                 )
-            # Compile the chunk (full optimisation: it runs hundreds of times;
-            # see compile_chunk). The evaluation compiles after training, so
+            # Compile the chunk (optimised: it runs hundreds of times; see
+            # compile_chunk). The evaluation compiles after training, so
             # that training starts sooner (and an interrupted run never builds
             # it).
             chunk_fn = _wait(

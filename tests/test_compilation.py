@@ -14,7 +14,7 @@ def test_chunk_options_per_algorithm_on_cpu_only():
         options = compilation.chunk_options(algo, "cpu")
         assert options == compilation.CPU_CHUNK_OPTIONS[algo]
         assert (ynnpack in options) == (algo != "reinforce")
-        assert options.get(level) == (None if algo == "trpo" else 1)
+        assert options[level] == 1
         assert compilation.chunk_options(algo, "gpu") == {}
     assert compilation.chunk_options("other", "cpu") == {}
     # A copy: callers cannot change the table.
