@@ -25,7 +25,7 @@ already uses both cores), so:
   for TRPO; REINFORCE measured 0.91×, so it keeps XLA's default
   (docs/performance.md, "Fifth session"). Every chunk is also built at
   backend optimisation level 1 (LLVM's lighter pipeline): 21 % shorter
-  compiles for A2C (3.32 → 2.61 s), 16 % for NPG (5.37 → 4.52 s), 5–8 % for
+  compiles for A2C (3.32 → 2.61 s), 16 % for NPG (5.37 → 4.52 s), 4–8 % for
   TRPO and REINFORCE, at the same speed (median speed ratios 0.98–1.02 over
   9–11 alternating repeats; docs/performance.md, "Seventh session").
 * :func:`enable_persistent_cache` points JAX's persistent compilation cache at a
