@@ -94,8 +94,16 @@ def compile_once(fn: Callable, *args: Any, heavy: bool = False) -> jax.stages.Co
 
     For programs that run once per process; see the module docstring.
     """
+    return compile_traced_once(jax.jit(fn).trace(*args), heavy=heavy)
+
+
+def compile_traced_once(
+    traced: jax.stages.Traced, heavy: bool = False
+) -> jax.stages.Compiled:
+    """:func:`compile_once` of a program already traced (``jit(fn).trace``),
+    for a caller that also reads the trace (e.g. its ``out_info``)."""
     options = HEAVY_RUN_ONCE_OPTIONS if heavy else RUN_ONCE_OPTIONS
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)
+    return traced.lower().compile(compiler_options=options)
 
 
 def chunk_options(algo: str, backend: str | None = None) -> dict[str, Any]:
@@ -135,5 +143,6 @@ __all__ = [
     "chunk_options",
     "compile_chunk",
     "compile_once",
+    "compile_traced_once",
     "enable_persistent_cache",
 ]

@@ -71,7 +71,7 @@ import numpy as np
 
 from pgjax import plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
-from pgjax.compilation import RUN_ONCE_OPTIONS, compile_chunk, compile_once
+from pgjax.compilation import compile_chunk, compile_once, compile_traced_once
 from pgjax.config import (
     SWEEPABLE,
     Hyperparams,
@@ -1027,7 +1027,7 @@ def compile_evaluation(
 def compile_init(traced_init: jax.stages.Traced) -> Callable:
     """The compiled ``(keys, hyper) -> [R] state`` of :func:`trace_init`, at
     -O0 like every run-once program (:func:`~pgjax.compilation.compile_once`)."""
-    return traced_init.lower().compile(compiler_options=RUN_ONCE_OPTIONS)
+    return compile_traced_once(traced_init)
 
 
 def _summary(
