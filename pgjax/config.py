@@ -117,7 +117,10 @@ class TrainConfig:
         "on CPU, whole batch on accelerators; 0 = whole batch)",
     )
     kl_envs: int = _field(
-        512, "envs whose observations estimate each update's KL (metrics, target-kl)"
+        512,
+        "envs whose observations estimate each update's KL: a2c's target-kl and "
+        "kl metric, npg/trpo's Fisher-vector products and npg's kl metric (trpo "
+        "reports its line search's KL over the whole batch)",
     )
     eval_episodes: int = _field(128, "episodes per seed for the final evaluation")
     checkpoint_every: int = _field(

@@ -407,8 +407,8 @@ class LineSearchInfo:
 
 
 def backtracking_line_search(
-    objective_fn: Callable[[PyTree], Array],
-    kl_fn: Callable[[PyTree], Array],
+    objective_fn: Callable[[PyTree], Array] | Callable[[PyTree], tuple[Array, Array]],
+    kl_fn: Callable[[PyTree], Array] | None,
     params: PyTree,
     step: PyTree,
     expected_improvement: float | Array,
@@ -416,6 +416,8 @@ def backtracking_line_search(
     backtrack_ratio: float | Array = 0.8,
     max_backtracks: int = 10,
     accept_ratio: float | Array = 0.0,
+    *,
+    objective_at_params: float | Array | None = None,
 ) -> tuple[PyTree, LineSearchInfo]:
     """TRPO's backtracking line search on ``θ + ratio^k·s``, ``k = 0, 1, ...``.
 
@@ -438,8 +440,11 @@ def backtracking_line_search(
     so a failed update can never corrupt the policy.
 
     Args:
-      objective_fn: ``θ ↦`` scalar surrogate to maximise.
-      kl_fn: ``θ ↦`` scalar mean KL from the old policy to the policy at ``θ``.
+      objective_fn: ``θ ↦`` scalar surrogate to maximise; with ``kl_fn=None``,
+        ``θ ↦ (L(θ), K(θ))`` from one evaluation (one pass over the batch for
+        both, where two functions would each run the policy).
+      kl_fn: ``θ ↦`` scalar mean KL from the old policy to the policy at ``θ``,
+        or ``None`` (see ``objective_fn``).
       params: current (old) parameters ``θ``.
       step: full step ``s`` shaped like ``params``, e.g. from
         :func:`natural_gradient_step`.
@@ -449,6 +454,9 @@ def backtracking_line_search(
       max_backtracks: static number of candidates tried (``k < max_backtracks``).
       accept_ratio: required fraction of the expected improvement (0 = any
         improvement; may be traced).
+      objective_at_params: ``L(θ)`` when the caller already has it (e.g. from
+        the pass that computed the gradient), which saves one evaluation;
+        otherwise it is computed (with ``kl_fn=None`` its KL is discarded).
 
     Returns:
       ``(new_params, info)``: ``new_params`` shaped like ``params`` and a
@@ -459,7 +467,18 @@ def backtracking_line_search(
             f"max_backtracks must be a non-negative int, got {max_backtracks!r}"
         )
     params = jax.tree.map(jnp.asarray, params)
-    f0 = jnp.asarray(objective_fn(params))
+    if kl_fn is None:
+        evaluate = objective_fn
+    else:
+
+        def evaluate(candidate):
+            return objective_fn(candidate), kl_fn(candidate)
+
+    if objective_at_params is None:
+        # Only L(θ) is needed (θ's KL to itself is 0).
+        at_params = objective_fn(params)
+        objective_at_params = at_params[0] if kl_fn is None else at_params
+    f0 = jnp.asarray(objective_at_params)
     dtype = f0.dtype
     max_kl = jnp.asarray(max_kl, dtype)
     ratio = jnp.asarray(backtrack_ratio, dtype)
@@ -477,8 +496,9 @@ def backtracking_line_search(
     def body(state):
         k, _, fraction, _, _, _ = state
         new_params = _axpy(fraction, step, params)
-        improvement = jnp.asarray(objective_fn(new_params), dtype) - f0
-        kl = jnp.asarray(kl_fn(new_params), dtype)
+        objective, kl = evaluate(new_params)
+        improvement = jnp.asarray(objective, dtype) - f0
+        kl = jnp.asarray(kl, dtype)
         accepted = (
             jnp.isfinite(improvement)
             & jnp.isfinite(kl)

@@ -889,11 +889,11 @@ def run(
                 if finished:
                     break
 
-            save(final=True)
             signum = interrupts.signum
-            eval_returns = None
+            evaluation = eval_returns = None
             if signum is None:
                 # Once, so at -O0 (-O1 for a sweep's many episodes): compile_once.
+                # Before the final save, so that its host record counts it.
                 eval_start = time.time()
                 evaluation = _wait(
                     pool, compile_evaluation, trainer, abstract, config.eval_episodes
@@ -901,6 +901,8 @@ def run(
                 eval_compile_seconds = time.time() - eval_start
                 compile_seconds += eval_compile_seconds
                 host.compile_seconds += eval_compile_seconds
+            save(final=True)
+            if evaluation is not None:
                 eval_returns = _wait(pool, evaluation, state)
             wall_seconds = wall_offset + time.time() - start_time
             summary = _summary(

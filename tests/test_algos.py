@@ -58,6 +58,33 @@ def test_blocked_grad_equals_full_grad():
     np.testing.assert_allclose(blocked, full, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("block_rows", [16, 0])
+def test_blocked_grad_outputs_are_the_per_row_forward_pass(block_rows):
+    """with_outputs hands back each row's output in [T, N] order, and the same
+    gradient and sums as without it."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 3))
+    w = jnp.arange(3.0)
+    count = base.num_blocks(48, block_rows)
+
+    def loss(w, block):
+        y = jnp.tanh(block @ w)
+        return jnp.mean(y) / count, jnp.sum(y)
+
+    def loss_with_outputs(w, block):
+        y = jnp.tanh(block @ w)
+        return jnp.mean(y) / count, (jnp.sum(y), {"y": y, "twice": 2 * y})
+
+    grads, total = base.blocked_grad(loss, w, x, block_rows)
+    grads_o, total_o, outputs = base.blocked_grad(
+        loss_with_outputs, w, x, block_rows, with_outputs=True
+    )
+    np.testing.assert_array_equal(grads_o, grads)
+    np.testing.assert_array_equal(total_o, total)
+    np.testing.assert_allclose(outputs["y"], jnp.tanh(x @ w), rtol=1e-6)
+    assert outputs["twice"].shape == (8, 6)
+    np.testing.assert_array_equal(outputs["twice"], 2 * outputs["y"])
+
+
 @pytest.mark.parametrize("algo", ["npg", "trpo"])
 def test_phase_prefix_updates_end_with_the_full_update(algo):
     """benchmark.py times NPG/TRPO phases with these prefixes; the last one must
@@ -125,17 +152,21 @@ def test_fit_critic_one_minibatch_is_one_clipped_adam_step(block_rows):
 
 @pytest.mark.parametrize("block_rows", [0, 2])
 def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
-    # 2 epochs × 4 minibatches = 8 Adam steps, each on all T steps of 2 of the
-    # 8 envs, every env once per epoch: replay them by hand (clipped to 0.5).
+    # 3 epochs × 4 minibatches = 12 Adam steps, each on all T steps of 2 of
+    # the 8 envs, every env once per epoch: the first epoch in order, the
+    # others shuffled. Replay them by hand (clipped to 0.5).
     params, (obs, targets), loss_fn = _regression_problem()
     lr, clip, key = jnp.asarray(0.05), jnp.asarray(0.5), jax.random.PRNGKey(7)
     fitted, _, _, _ = base.fit_critic(
         loss_fn, params, base.ADAM.init(params), (obs, targets), key,
-        lr, clip, epochs=2, minibatches=4, block_rows=block_rows,
+        lr, clip, epochs=3, minibatches=4, block_rows=block_rows,
     )  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    for epoch_key in jax.random.split(key, 2):
-        order = np.asarray(jax.random.permutation(epoch_key, 8))
+    orders = [np.arange(8)] + [
+        np.asarray(jax.random.permutation(k, 8)) for k in jax.random.split(key, 2)
+    ]
+    assert not np.array_equal(orders[1], orders[2])
+    for order in orders:
         assert sorted(order) == list(range(8))
         for group in order.reshape(4, 2):
             block = (obs[:, group].reshape(6, 2), targets[:, group].reshape(6))

@@ -543,6 +543,43 @@ def test_line_search_backtracks_by_hand():
     _assert_bit_identical(new, both)
 
 
+def test_line_search_with_one_pass_for_objective_and_kl():
+    """kl_fn=None (objective_fn returns both) and a given L(θ) search exactly
+    as the two-function form, and the objective is then never run at θ."""
+
+    def objective(p):
+        return -jnp.square(p["x"] - 1.0)
+
+    def kl(p):
+        return jnp.square(p["x"])
+
+    params = {"x": jnp.float32(0.0)}
+    step = {"x": jnp.float32(3.0)}
+    two = natural.backtracking_line_search(objective, kl, params, step, 6.0, 1.0)
+    evaluated = []
+
+    def both(p):
+        evaluated.append(p)
+        return objective(p), kl(p)
+
+    one = natural.backtracking_line_search(both, None, params, step, 6.0, 1.0)
+    _assert_bit_identical(one, two)
+    assert int(one[1].backtracks) == 5
+    evaluated.clear()
+    given = natural.backtracking_line_search(
+        both, None, params, step, 6.0, 1.0, objective_at_params=objective(params)
+    )
+    _assert_bit_identical(given, two)
+    assert len(evaluated) == 1  # traced once, in the loop body: never at θ
+    # A wrong L(θ) shifts every improvement by the same amount.
+    shifted = natural.backtracking_line_search(
+        both, None, params, step, 6.0, 1.0, objective_at_params=jnp.float32(-2.0)
+    )
+    assert float(shifted[1].improvement) == pytest.approx(
+        float(two[1].improvement) + 1.0, rel=1e-5
+    )
+
+
 def _assert_bit_identical(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):

@@ -123,6 +123,10 @@ def test_straight_run_folder(straight):
     with Checkpointer(run_dir, read_only=True) as checkpointer:
         # A checkpoint every 4 updates (2 chunks), the newest 3 kept.
         assert checkpointer.steps() == [1024, 1536, 2048]
+    # The final checkpoint's host record counts the evaluation's compile too.
+    _, host, _ = final_state(run_dir, PLAIN)
+    assert host["compile_seconds"] == summary["compile_seconds_all_sessions"]
+    assert host["compile_seconds"] == summary["compile_seconds"]
     assert len(metrics(run_dir)) == 2 * 16
 
 

@@ -144,7 +144,7 @@ def _to_blocks(data, count: int):
     return jax.tree.map(reshape, data)
 
 
-def blocked_grad(loss_fn, params, data, block_rows: int):
+def blocked_grad(loss_fn, params, data, block_rows: int, with_outputs: bool = False):
     """``Σ_b ∇loss_fn(params, block_b)`` and ``Σ_b aux_b`` over row blocks.
 
     ``data`` is a pytree of ``[T, N, ...]`` arrays whose rows are independent
@@ -154,25 +154,51 @@ def blocked_grad(loss_fn, params, data, block_rows: int):
     blocks). On a CPU, blocks of a few thousand rows keep every activation in
     cache, which made the update 2-3x faster than one pass over the whole batch
     (docs/performance.md); on accelerators one block is best.
+
+    With ``with_outputs``, ``aux`` is ``(summed, outputs)``: ``summed`` is
+    summed over blocks as above, ``outputs`` a pytree of per-row ``[rows, ...]``
+    leaves (e.g. the forward pass's action distribution) that comes back as
+    ``[T, N, ...]``, so a later phase need not run the forward pass again.
+    Returns ``(grads, summed, outputs)`` then, else ``(grads, aux)``.
     """
-    rows = jax.tree.leaves(data)[0].shape[0] * jax.tree.leaves(data)[0].shape[1]
-    count = num_blocks(rows, block_rows)
+    leaf = jax.tree.leaves(data)[0]
+    time, envs = leaf.shape[:2]
+    count = num_blocks(time * envs, block_rows)
     blocks = _to_blocks(data, count)
     # jit: eval_shape below fills its trace cache and the scan body reuses the
     # trace (the loss is traced once, not twice).
     grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))
+
+    def summed_and_outputs(grads_and_aux):
+        grads, aux = grads_and_aux
+        if not with_outputs:
+            return (grads, aux), None
+        summed, outputs = aux
+        return (grads, summed), outputs
+
     if count == 1:
-        return grad_fn(params, jax.tree.map(lambda x: x[0], blocks))
+        total, outputs = summed_and_outputs(
+            grad_fn(params, jax.tree.map(lambda x: x[0], blocks))
+        )
+        outputs = jax.tree.map(lambda y: y[None], outputs)
+    else:
 
-    def body(total, block):
-        return jax.tree.map(jnp.add, total, grad_fn(params, block)), None
+        def body(total, block):
+            block_total, outputs = summed_and_outputs(grad_fn(params, block))
+            return jax.tree.map(jnp.add, total, block_total), outputs
 
-    zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], blocks)),
-    )
-    total, _ = jax.lax.scan(body, zeros, blocks)
-    return total
+        first_block = jax.tree.map(lambda x: x[0], blocks)
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(
+                lambda p, b: summed_and_outputs(grad_fn(p, b))[0], params, first_block
+            ),
+        )
+        total, outputs = jax.lax.scan(body, zeros, blocks)
+    if not with_outputs:
+        return total
+    outputs = jax.tree.map(lambda y: y.reshape(time, envs, *y.shape[2:]), outputs)
+    return (*total, outputs)
 
 
 def blocked_map(fn, data, block_rows: int):
@@ -243,11 +269,11 @@ def fit_critic(
 ):
     """Critic regression: ``epochs × minibatches`` clipped Adam steps.
 
-    Each epoch shuffles the envs and splits them into ``minibatches`` equal
-    groups; a minibatch is all ``T`` steps of one group (shuffling ``N`` envs
-    costs ~1/20 of shuffling ``T·N`` rows, a sort on a CPU). A single epoch
-    takes the envs in order: they are exchangeable, so that is already a
-    random split. Targets are fixed before the fit, so one epoch of ``M``
+    Each epoch splits the envs into ``minibatches`` equal groups; a minibatch
+    is all ``T`` steps of one group. The first epoch takes the envs in order
+    (they are exchangeable, so that is already a random split), each later one
+    shuffles them first (shuffling ``N`` envs costs ~1/20 of shuffling ``T·N``
+    rows, a sort on a CPU). Targets are fixed before the fit, so one epoch of ``M``
     minibatches costs the FLOPs of one full-batch step but moves the critic
     ``M`` times.
 
@@ -256,7 +282,7 @@ def fit_critic(
         ``[rows, ...]`` (e.g. ``(obs, targets)``).
       params, opt_state: the critic's parameters and Adam state.
       data: pytree of ``[T, N, ...]`` leaves (observations, targets, ...).
-      key: shuffles the envs of each epoch (unused for a single epoch).
+      key: shuffles the envs of the epochs after the first (unused for one).
       lr, max_grad_norm: the step size and each step's gradient-norm clip.
       epochs, minibatches: static counts; ``minibatches`` divides ``N``.
       block_rows: cache-sized blocks inside a minibatch (:func:`blocked_grad`).
@@ -287,18 +313,24 @@ def fit_critic(
         x = x.reshape(time, minibatches, envs // minibatches, *x.shape[2:])
         return jnp.swapaxes(x, 0, 1)
 
-    def epoch(carry, epoch_key):
-        # One pass: the envs are exchangeable (independent resets, none chosen
-        # by its index), so groups of consecutive envs are already random
-        # minibatches, and shuffling them (two sorts, ~4 % of an A2C update at
-        # 4096 envs) would change nothing in distribution.
-        order = None if epochs == 1 else jax.random.permutation(epoch_key, envs)
+    def epoch(carry, order):
         return jax.lax.scan(step, carry, jax.tree.map(lambda x: split(x, order), data))
 
-    (params, opt_state), (step_losses, step_norms) = jax.lax.scan(
-        epoch, (params, opt_state), jax.random.split(key, epochs)
-    )
-    return params, opt_state, step_losses[0, 0], step_norms[0, 0]
+    # The envs are exchangeable (independent resets, none chosen by its index),
+    # so groups of consecutive envs are already random minibatches: the first
+    # epoch takes them in order, and only the later ones shuffle (two sorts
+    # each, ~2 % of an NPG update at 4096 envs). Relative to the first, each
+    # later epoch's order is then a uniform permutation, as when all shuffle.
+    def shuffled_epoch(carry, epoch_key):
+        return epoch(carry, jax.random.permutation(epoch_key, envs))
+
+    carry, (step_losses, step_norms) = epoch((params, opt_state), None)
+    if epochs > 1:
+        carry, _ = jax.lax.scan(
+            shuffled_epoch, carry, jax.random.split(key, epochs - 1)
+        )
+    params, opt_state = carry
+    return params, opt_state, step_losses[0], step_norms[0]
 
 
 def critic_value_fn(

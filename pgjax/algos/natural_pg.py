@@ -26,7 +26,11 @@ targets at ``--critic-lr`` (as in TRPO's reference implementation: several
 cheap steps rather than a few full-batch ones). The
 Fisher-vector products use the observations of the first ``--kl-envs`` envs (a
 subsample, as in TRPO's reference implementation), the surrogate and line search
-the whole batch.
+the whole batch. The old policy runs once per update: the pass that computes the
+policy gradient at θ_old also returns π_old on every row
+(``base.blocked_grad(..., with_outputs=True)``), which is what the KL terms
+compare against, and TRPO's line search evaluates a candidate's surrogate and KL
+together in one blocked pass.
 """
 
 from __future__ import annotations
@@ -110,13 +114,6 @@ def _make_natural(
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
         old_log_prob = jax.lax.stop_gradient(batch.log_prob)
-
-        def surrogate(actor_params):
-            dist = policy.apply(actor_params, batch.obs)
-            ratio = jnp.exp(dist.log_prob(batch.action) - old_log_prob)
-            entropy = jnp.mean(dist.entropy())
-            return jnp.mean(ratio * advantages) + hyper.ent_coef * entropy, entropy
-
         count = base.num_blocks(batch.reward.size, block_rows)
 
         def block_surrogate(actor_params, block):
@@ -125,27 +122,28 @@ def _make_natural(
             ratio = jnp.exp(dist.log_prob(action) - old)
             entropy = jnp.mean(dist.entropy())
             objective = jnp.mean(ratio * adv) + hyper.ent_coef * entropy
-            return objective / count, (objective / count, entropy / count)
+            summed = (objective / count, entropy / count)
+            return objective / count, (summed, dist)
 
-        # The gradient of the surrogate at θ_old (cache-sized blocks on a CPU).
-        grads, (objective, entropy) = base.blocked_grad(
+        # The gradient of the surrogate at θ_old (cache-sized blocks on a CPU),
+        # and π_old over the batch from the same forward pass: the KL terms
+        # below need it, and running the policy again would cost a pass.
+        grads, (objective, entropy), old_dist = base.blocked_grad(
             block_surrogate,
             agent.actor,
             (batch.obs, batch.action, old_log_prob, advantages),
             block_rows,
+            with_outputs=True,
         )
         if until == "policy_gradient":
             return agent, {"checksum": base.global_norm((grads, targets))}
         kl_obs = batch.obs[:, : config.kl_envs]
-        old_dist = jax.lax.stop_gradient(policy.apply(agent.actor, kl_obs))
-
-        def fisher_kl(actor_params):
-            return jnp.mean(old_dist.kl(policy.apply(actor_params, kl_obs)))
+        kl_old = jax.tree.map(lambda x: x[:, : config.kl_envs], old_dist)
 
         # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
         fvp = natural.gauss_newton_fisher_vector_product(
             lambda actor_params: policy.apply(actor_params, kl_obs),
-            lambda dist: jnp.mean(old_dist.kl(dist)),
+            lambda dist: jnp.mean(kl_old.kl(dist)),
             agent.actor,
             hyper.cg_damping,
         )
@@ -155,30 +153,47 @@ def _make_natural(
         if until == "cg_solve":
             return agent, {"checksum": base.global_norm(step)}
         if line_search:
-            full_old = jax.lax.stop_gradient(policy.apply(agent.actor, batch.obs))
 
-            def batch_kl(actor_params):
-                return jnp.mean(full_old.kl(policy.apply(actor_params, batch.obs)))
+            def surrogate_and_kl(actor_params):
+                """``(L(θ), mean KL(π_old ‖ π_θ))`` over the batch, one pass."""
+
+                def block_terms(block):
+                    obs, action, old, adv, old_block_dist = block
+                    dist = policy.apply(actor_params, obs)
+                    ratio = jnp.exp(dist.log_prob(action) - old)
+                    gain = ratio * adv + hyper.ent_coef * dist.entropy()
+                    return gain, old_block_dist.kl(dist)
+
+                gain, kl = base.blocked_map(
+                    block_terms,
+                    (batch.obs, batch.action, old_log_prob, advantages, old_dist),
+                    block_rows,
+                )
+                return jnp.mean(gain), jnp.mean(kl)
 
             actor, search = natural.backtracking_line_search(
-                lambda p: surrogate(p)[0],
-                batch_kl,
+                surrogate_and_kl,
+                None,
                 agent.actor,
                 step,
                 step_info.expected_improvement,
                 hyper.max_kl,
                 hyper.backtrack_ratio,
                 config.max_backtracks,
+                objective_at_params=objective,
             )
             accepted, backtracks = search.accepted, search.backtracks
             step_fraction = jnp.where(search.accepted, search.step_fraction, 0.0)
+            # The real KL over the whole batch, measured by the search (0 when
+            # the policy was left unchanged).
+            kl = search.kl
         else:
             actor = jax.tree.map(jnp.add, agent.actor, step)
             accepted, backtracks = step_info.valid, jnp.zeros((), jnp.int32)
             step_fraction = jnp.ones(())
+            kl = jnp.mean(kl_old.kl(policy.apply(actor, kl_obs)))
         if until == "line_search":
             return agent, {"checksum": base.global_norm(actor)}
-        kl = fisher_kl(actor)
         critic_params, critic_opt, value_loss = fit_critic(
             critic_agent, batch, targets, key, hyper, progress
         )
