@@ -319,7 +319,7 @@ def fit_critic(
     # The envs are exchangeable (independent resets, none chosen by its index),
     # so groups of consecutive envs are already random minibatches: the first
     # epoch takes them in order, and only the later ones shuffle (two sorts
-    # each, ~2 % of an NPG update at 4096 envs). Relative to the first, each
+    # each, ~1.5 % of an NPG update at 4096 envs). Relative to the first, each
     # later epoch's order is then a uniform permutation, as when all shuffle.
     def shuffled_epoch(carry, epoch_key):
         return epoch(carry, jax.random.permutation(epoch_key, envs))
