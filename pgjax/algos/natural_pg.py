@@ -116,12 +116,19 @@ def _make_natural(
         old_log_prob = jax.lax.stop_gradient(batch.log_prob)
         count = base.num_blocks(batch.reward.size, block_rows)
 
-        def block_surrogate(actor_params, block):
-            obs, action, old, adv = block
+        def surrogate_rows(actor_params, obs, action, old, adv):
+            """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
+            ``(π_θ(a|s)/π_old(a|s)·Â, H[π_θ(·|s)], π_θ)``. The gradient pass
+            (L at θ_old) and TRPO's candidates (L at θ) share it, so the line
+            search's improvements compare like with like."""
             dist = policy.apply(actor_params, obs)
-            ratio = jnp.exp(dist.log_prob(action) - old)
-            entropy = jnp.mean(dist.entropy())
-            objective = jnp.mean(ratio * adv) + hyper.ent_coef * entropy
+            weighted = jnp.exp(dist.log_prob(action) - old) * adv
+            return weighted, dist.entropy(), dist
+
+        def block_surrogate(actor_params, block):
+            weighted, entropies, dist = surrogate_rows(actor_params, *block)
+            entropy = jnp.mean(entropies)
+            objective = jnp.mean(weighted) + hyper.ent_coef * entropy
             summed = (objective / count, entropy / count)
             return objective / count, (summed, dist)
 
@@ -158,10 +165,11 @@ def _make_natural(
                 """``(L(θ), mean KL(π_old ‖ π_θ))`` over the batch, one pass."""
 
                 def block_terms(block):
-                    obs, action, old, adv, old_block_dist = block
-                    dist = policy.apply(actor_params, obs)
-                    ratio = jnp.exp(dist.log_prob(action) - old)
-                    gain = ratio * adv + hyper.ent_coef * dist.entropy()
+                    *surrogate_block, old_block_dist = block
+                    weighted, entropies, dist = surrogate_rows(
+                        actor_params, *surrogate_block
+                    )
+                    gain = weighted + hyper.ent_coef * entropies
                     return gain, old_block_dist.kl(dist)
 
                 gain, kl = base.blocked_map(
