@@ -242,6 +242,12 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
     except ConfigError as error:
         return fail(str(error))
 
+    # Before JAX starts its backends: one CPU device per core, to split the
+    # envs across (pgjax.parallel). No-op on accelerators.
+    from pgjax import parallel
+
+    parallel.use_cpu_cores(config.cpu_devices or None)
+
     # Build (and so check) everything before touching the disk.
     from pgjax import train
 

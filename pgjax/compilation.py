@@ -116,14 +116,23 @@ def chunk_options(algo: str, backend: str | None = None) -> dict[str, Any]:
 
 
 def compile_chunk(
-    fn: Callable, algo: str, *args: Any, donate_argnums: int | tuple[int, ...] = ()
+    fn: Callable,
+    algo: str,
+    *args: Any,
+    donate_argnums: int | tuple[int, ...] = (),
+    sharding: jax.sharding.Sharding | None = None,
 ) -> jax.stages.Compiled:
     """``jit(fn)`` compiled for ``args`` with :func:`chunk_options` of ``algo``.
 
+    ``sharding``: of every input and output leaf (e.g.
+    :func:`pgjax.parallel.replicated`); None leaves it to JAX (one device).
     An option the jaxlib does not know (some are experimental in XLA) is
     dropped instead of failing the compile; the others are kept.
     """
-    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
+    shardings = {}
+    if sharding is not None:
+        shardings = {"in_shardings": sharding, "out_shardings": sharding}
+    lowered = jax.jit(fn, donate_argnums=donate_argnums, **shardings).lower(*args)
     options = chunk_options(algo)
     while True:
         try:

@@ -116,6 +116,13 @@ class TrainConfig:
         "rows per block of the update's forward/backward passes (-1 = auto: 2048 "
         "on CPU, whole batch on accelerators; 0 = whole batch)",
     )
+    cpu_devices: int = _field(
+        0,
+        "CPU devices (cores) the envs are split across, each running the "
+        "rollout and the update's passes on its share (0 = one per core; 1 = no "
+        "split). Ignored on accelerators. The split decides which envs share a "
+        "critic minibatch, so results differ across counts (not in law)",
+    )
     kl_envs: int = _field(
         512,
         "envs whose observations estimate each update's KL: a2c's target-kl and "
@@ -264,6 +271,7 @@ def validate(config: TrainConfig) -> None:
     need(config.seed >= 0, "seed", "a non-negative integer")
     need(config.updates_per_chunk >= 0, "updates_per_chunk", ">= 0 (0 = automatic)")
     need(config.block_rows >= -1, "block_rows", ">= -1 (-1 = auto)")
+    need(config.cpu_devices >= 0, "cpu_devices", ">= 0 (0 = one per core)")
     need(config.checkpoint_every >= -1, "checkpoint_every", ">= -1 (0 = automatic)")
     need(config.keep_checkpoints > 0, "keep_checkpoints", "a positive integer")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")

@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax import plotting
+from pgjax import parallel, plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
 from pgjax.compilation import compile_chunk, compile_once, compile_traced_once
 from pgjax.config import (
@@ -793,9 +793,16 @@ def run(
             chunk_fn = _wait(
                 pool,
                 lambda: compile_chunk(
-                    trainer.train_chunk_batch, config.algo, abstract, donate_argnums=0
+                    trainer.train_chunk_batch,
+                    config.algo,
+                    abstract,
+                    donate_argnums=0,
+                    sharding=parallel.replicated(config.num_envs),
                 ),
             )
+            # On a multi-core CPU the chunk splits the envs across the cores
+            # and takes its state whole on each (pgjax.parallel).
+            state = parallel.place(state, config.num_envs)
             compile_seconds = time.time() - compile_start
             host.compile_seconds += compile_seconds
 
@@ -1023,7 +1030,9 @@ def compile_evaluation(
     compiled = compile_once(
         returns, abstract, heavy=rows * episodes >= HEAVY_EVALUATION_EPISODES
     )
-    return lambda state: np.asarray(jax.device_get(compiled(state))).mean(axis=1)
+    return lambda state: np.asarray(
+        jax.device_get(compiled(parallel.on_one_device(state)))
+    ).mean(axis=1)
 
 
 def compile_init(traced_init: jax.stages.Traced) -> Callable:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pgjax import algos, envs, rollout
+from pgjax import algos, envs, parallel, rollout
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvBatchState, EnvSpec
 
@@ -48,6 +48,19 @@ class TrainState:
     update: Array
     experience: Array
     hyper: Hyperparams
+
+
+def split_env_batch(env: EnvBatchState) -> EnvBatchState:
+    """``env`` with its per-env leaves split across the devices
+    (:func:`pgjax.parallel.split_envs`); the shared observation statistics
+    stay whole."""
+    num_envs = env.obs.shape[0]
+    return env.replace(
+        env_state=parallel.split_envs(env.env_state, num_envs),
+        obs=parallel.split_envs(env.obs, num_envs),
+        episode_return=parallel.split_envs(env.episode_return, num_envs),
+        episode_length=parallel.split_envs(env.episode_length, num_envs),
+    )
 
 
 BASE_METRICS = ("env_steps", "episode_return", "episode_length", "episodes")
@@ -109,7 +122,8 @@ class Trainer:
         # waits for it from inside that pool, which deadlocked (process idle
         # forever) on 2-core machines. One seed at a time also makes each
         # row's initial state exactly the single-seed one.
-        return jax.lax.map(lambda args: self.init(*args), (keys, hyper))
+        states = jax.lax.map(lambda args: self.init(*args), (keys, hyper))
+        return parallel.replicate(states, self.config.num_envs)
 
     def done(self, state: TrainState) -> Array:
         """Whether the seed has collected its ``total_timesteps``."""
@@ -121,9 +135,13 @@ class Trainer:
         progress = jnp.clip(
             state.experience.astype(jnp.float32) / self.config.total_timesteps, 0, 1
         )
+        # On a multi-core CPU the envs are split across its cores (devices):
+        # the rollout and the update's passes run on each one's share.
         env_state, batch, _ = self.algorithm.collect(
-            state.agent, state.env, collect_key, state.hyper
+            state.agent, split_env_batch(state.env), collect_key, state.hyper
         )
+        env_state = split_env_batch(env_state)
+        batch = parallel.split_envs(batch, self.config.num_envs, axis=1)
         agent, metrics = self.algorithm.update(
             state.agent, batch, update_key, state.hyper, progress
         )
@@ -161,7 +179,9 @@ class Trainer:
             state, metrics = jax.lax.cond(active, update, idle, state)
             return state, {**metrics, "active": active}
 
-        return jax.lax.scan(slot, state, None, length=self.updates_per_chunk)
+        state, metrics = jax.lax.scan(slot, state, None, length=self.updates_per_chunk)
+        # Whole on every device between chunks, as it came in (init_batch).
+        return parallel.replicate((state, metrics), self.config.num_envs)
 
     def train_chunk_batch(
         self, state: TrainState

@@ -17,7 +17,13 @@ from pathlib import Path
 import jax
 import pytest
 
+from pgjax import parallel
 from pgjax.config import TrainConfig
+
+# Two CPU devices, as train.py gives a 2-core machine: every test runs the
+# split-envs programs that users run (pgjax.parallel); tests of one device's
+# programs say so. Before anything starts JAX's backends.
+parallel.use_cpu_cores(2)
 
 CACHE_DIR = Path(
     os.environ.get("PGJAX_TEST_COMPILATION_CACHE")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import envs, rollout
+from pgjax import envs, parallel, rollout
 from pgjax.algos import base
 from pgjax.config import TrainConfig
 
@@ -52,7 +52,7 @@ def test_blocked_grad_equals_full_grad():
     def loss(w, block):
         return jnp.mean(jnp.tanh(block @ w)) / count, jnp.zeros(())
 
-    count = base.num_blocks(48, 16)
+    count = base.block_count(8, 6, 16)
     blocked, _ = base.blocked_grad(loss, w, x, 16)
     full = jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w)))(w)
     np.testing.assert_allclose(blocked, full, rtol=1e-5, atol=1e-6)
@@ -64,7 +64,7 @@ def test_blocked_grad_outputs_are_the_per_row_forward_pass(block_rows):
     gradient and sums as without it."""
     x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 3))
     w = jnp.arange(3.0)
-    count = base.num_blocks(48, block_rows)
+    count = base.block_count(8, 6, block_rows)
 
     def loss(w, block):
         y = jnp.tanh(block @ w)
@@ -150,11 +150,46 @@ def test_fit_critic_one_minibatch_is_one_clipped_adam_step(block_rows):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def _env_groups(orders, minibatches):
+    """The envs of each minibatch of one epoch of :func:`base.fit_critic`:
+    ``orders[d]`` is device ``d``'s order of its own envs, and minibatch
+    ``m`` is the ``m``-th group of that order on every device."""
+    local = len(orders[0])
+    return [
+        np.concatenate(
+            [
+                d * local + order.reshape(minibatches, -1)[m]
+                for d, order in enumerate(orders)
+            ]
+        )
+        for m in range(minibatches)
+    ]
+
+
+def _epoch_orders(key, epochs, envs, minibatches):
+    """Each epoch's per-device env orders: in order first, then each device
+    shuffles its share with the epoch's key folded with its index."""
+    shards = parallel.env_shards(envs // minibatches)
+    local = envs // shards
+    orders = [[np.arange(local)] * shards]
+    for epoch_key in jax.random.split(key, epochs - 1) if epochs > 1 else []:
+        orders.append(
+            [
+                np.asarray(
+                    jax.random.permutation(jax.random.fold_in(epoch_key, d), local)
+                )
+                for d in range(shards)
+            ]
+        )
+    return orders
+
+
 @pytest.mark.parametrize("block_rows", [0, 2])
 def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
     # 3 epochs × 4 minibatches = 12 Adam steps, each on all T steps of 2 of
     # the 8 envs, every env once per epoch: the first epoch in order, the
-    # others shuffled. Replay them by hand (clipped to 0.5).
+    # others shuffled (on each device, its own envs: pgjax.parallel). Replay
+    # them by hand (clipped to 0.5).
     params, (obs, targets), loss_fn = _regression_problem()
     lr, clip, key = jnp.asarray(0.05), jnp.asarray(0.5), jax.random.PRNGKey(7)
     fitted, _, _, _ = base.fit_critic(
@@ -162,13 +197,13 @@ def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
         lr, clip, epochs=3, minibatches=4, block_rows=block_rows,
     )  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    orders = [np.arange(8)] + [
-        np.asarray(jax.random.permutation(k, 8)) for k in jax.random.split(key, 2)
-    ]
-    assert not np.array_equal(orders[1], orders[2])
-    for order in orders:
-        assert sorted(order) == list(range(8))
-        for group in order.reshape(4, 2):
+    epochs = [_env_groups(orders, 4) for orders in _epoch_orders(key, 3, 8, 4)]
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(epochs[1], epochs[2], strict=True)
+    )
+    for groups in epochs:
+        assert sorted(np.concatenate(groups)) == list(range(8))
+        for group in groups:
             block = (obs[:, group].reshape(6, 2), targets[:, group].reshape(6))
             grads, _ = base.clip_by_global_norm(
                 jax.grad(loss_fn)(expected, block), clip
@@ -181,7 +216,7 @@ def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
 
 
 def test_fit_critic_single_epoch_takes_env_groups_in_order():
-    # One epoch × 4 minibatches: consecutive groups of 2 envs, unshuffled
+    # One epoch × 4 minibatches: fixed groups of 2 envs, unshuffled
     # (exchangeable envs make that a random split already), whatever the key.
     params, (obs, targets), loss_fn = _regression_problem()
     lr, clip = jnp.asarray(0.05), jnp.asarray(0.5)
@@ -194,7 +229,8 @@ def test_fit_critic_single_epoch_takes_env_groups_in_order():
         for seed in (0, 1)
     ]  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    for group in np.arange(8).reshape(4, 2):
+    (orders,) = _epoch_orders(jax.random.PRNGKey(0), 1, 8, 4)
+    for group in _env_groups(orders, 4):
         block = (obs[:, group].reshape(6, 2), targets[:, group].reshape(6))
         grads, _ = base.clip_by_global_norm(jax.grad(loss_fn)(expected, block), clip)
         expected, opt_state = base.adam_step(expected, opt_state, grads, lr)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pgjax import losses, rollout, value_norm
+from pgjax import losses, parallel, rollout, value_norm
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
@@ -126,8 +126,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             value_stats, params["critic"], targets = value_norm.fold_targets(
                 agent.value_stats, agent.critic, targets
             )
-        rows = batch.reward.size
-        count = base.num_blocks(rows, block_rows)
+        count = base.block_count(*batch.reward.shape, block_rows)
         # The critic's targets (and its parameters) enter this pass only when
         # its step is taken here; None leaves are empty pytrees.
         grads, metrics = base.blocked_grad(
@@ -178,7 +177,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             )
             metrics["value_loss"] = value_loss
         # KL of this update on a slice of the envs (plenty for a mean estimate).
-        kl_obs = batch.obs[:, : config.kl_envs]
+        kl_obs = parallel.first_envs(batch.obs, config.kl_envs)
         kl = base.mean_kl(policy, agent.actor, actor, kl_obs)
         agent = base.ActorCriticState(
             actor,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from pgjax import losses, rollout, value_norm
+from pgjax import losses, parallel, rollout, value_norm
 from pgjax.config import Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
 from pgjax.networks import Critic, Policy, make_critic, make_policy
@@ -134,6 +134,17 @@ def num_blocks(rows: int, block_rows: int) -> int:
     return rows
 
 
+def block_count(time: int, envs: int, block_rows: int) -> int:
+    """How many blocks :func:`blocked_grad` sums over for ``[T, N]`` rows.
+
+    Each device's share of the envs (:mod:`pgjax.parallel`) is tiled on its
+    own, so this is ``shards × num_blocks(T·N / shards, block_rows)``; divide
+    block means by it to get batch means.
+    """
+    shards = parallel.env_shards(envs)
+    return shards * num_blocks(time * envs // shards, block_rows)
+
+
 def _to_blocks(data, count: int):
     """Reshapes every leaf ``[T, N, ...]`` to ``[count, T·N / count, ...]``."""
 
@@ -145,6 +156,28 @@ def _to_blocks(data, count: int):
 
 
 def blocked_grad(loss_fn, params, data, block_rows: int, with_outputs: bool = False):
+    """``Σ_b ∇loss_fn(params, block_b)`` and ``Σ_b aux_b`` over row blocks,
+    each device's share of the envs on its own (:mod:`pgjax.parallel`).
+
+    See :func:`blocked_grad_local` for the contract; divide block means by
+    :func:`block_count`.
+    """
+    envs = jax.tree.leaves(data)[0].shape[1]
+    specs = parallel.SUM
+    if with_outputs:
+        specs = (parallel.SUM, parallel.SUM, parallel.ROWS)
+    run = parallel.map_env_shards(
+        lambda p, d: blocked_grad_local(loss_fn, p, d, block_rows, with_outputs),
+        envs,
+        (parallel.REPLICATED, parallel.ROWS),
+        specs,
+    )
+    return run(params, data)
+
+
+def blocked_grad_local(
+    loss_fn, params, data, block_rows: int, with_outputs: bool = False
+):
     """``Σ_b ∇loss_fn(params, block_b)`` and ``Σ_b aux_b`` over row blocks.
 
     ``data`` is a pytree of ``[T, N, ...]`` arrays whose rows are independent
@@ -205,8 +238,20 @@ def blocked_map(fn, data, block_rows: int):
     """``fn`` over row blocks of ``[T, N, ...]`` leaves; outputs back to ``[T, N]``.
 
     For forward passes without gradients (values for GAE), with the same cache
-    argument as :func:`blocked_grad`.
+    argument as :func:`blocked_grad`; each device maps its share of the envs.
     """
+    envs = jax.tree.leaves(data)[0].shape[1]
+    run = parallel.map_env_shards(
+        lambda d: blocked_map_local(fn, d, block_rows),
+        envs,
+        (parallel.ROWS,),
+        parallel.ROWS,
+    )
+    return run(data)
+
+
+def blocked_map_local(fn, data, block_rows: int):
+    """:func:`blocked_map` on one device."""
     leaf = jax.tree.leaves(data)[0]
     time, envs = leaf.shape[:2]
     count = num_blocks(time * envs, block_rows)
@@ -293,44 +338,67 @@ def fit_critic(
       before any step.
     """
     time, envs = jax.tree.leaves(data)[0].shape[:2]
-    count = num_blocks(time * envs // minibatches, block_rows)
+    # Split across the devices, each one fits on its share of the envs (its
+    # minibatch m is the m-th group of its envs) and the steps average the
+    # devices' gradients: every device takes the same steps.
+    sharded = parallel.env_mesh(envs // minibatches) is not None
 
-    def block_loss(critic_params, block):
-        loss = loss_fn(critic_params, block)
-        return loss / count, loss / count
+    def fit(params, opt_state, data, key, lr, max_grad_norm):
+        local_envs = jax.tree.leaves(data)[0].shape[1]
+        count = num_blocks(time * local_envs // minibatches, block_rows)
 
-    def step(carry, minibatch):
-        critic_params, critic_opt = carry
-        grads, loss = blocked_grad(block_loss, critic_params, minibatch, block_rows)
-        grads, norm = clip_by_global_norm(grads, max_grad_norm)
-        critic_params, critic_opt = adam_step(critic_params, critic_opt, grads, lr)
-        return (critic_params, critic_opt), (loss, norm)
+        def block_loss(critic_params, block):
+            loss = loss_fn(critic_params, block)
+            return loss / count, loss / count
 
-    def split(x, order):
-        """``[T, N, ...]`` → ``[M, T, N/M, ...]``, envs in ``order`` (None: as is)."""
-        if order is not None:
-            x = x[:, order]
-        x = x.reshape(time, minibatches, envs // minibatches, *x.shape[2:])
-        return jnp.swapaxes(x, 0, 1)
+        def step(carry, minibatch):
+            critic_params, critic_opt = carry
+            grads, loss = blocked_grad_local(
+                block_loss, critic_params, minibatch, block_rows
+            )
+            grads, loss = parallel.mean_over_shards((grads, loss), sharded)
+            grads, norm = clip_by_global_norm(grads, max_grad_norm)
+            critic_params, critic_opt = adam_step(critic_params, critic_opt, grads, lr)
+            return (critic_params, critic_opt), (loss, norm)
 
-    def epoch(carry, order):
-        return jax.lax.scan(step, carry, jax.tree.map(lambda x: split(x, order), data))
+        def split(x, order):
+            """``[T, N, ...]`` → ``[M, T, N/M, ...]``, envs in ``order``
+            (None: as is)."""
+            if order is not None:
+                x = x[:, order]
+            x = x.reshape(time, minibatches, local_envs // minibatches, *x.shape[2:])
+            return jnp.swapaxes(x, 0, 1)
 
-    # The envs are exchangeable (independent resets, none chosen by its index),
-    # so groups of consecutive envs are already random minibatches: the first
-    # epoch takes them in order, and only the later ones shuffle (two sorts
-    # each, ~1.5 % of an NPG update at 4096 envs). Relative to the first, each
-    # later epoch's order is then a uniform permutation, as when all shuffle.
-    def shuffled_epoch(carry, epoch_key):
-        return epoch(carry, jax.random.permutation(epoch_key, envs))
+        def epoch(carry, order):
+            minibatches_data = jax.tree.map(lambda x: split(x, order), data)
+            return jax.lax.scan(step, carry, minibatches_data)
 
-    carry, (step_losses, step_norms) = epoch((params, opt_state), None)
-    if epochs > 1:
-        carry, _ = jax.lax.scan(
-            shuffled_epoch, carry, jax.random.split(key, epochs - 1)
-        )
-    params, opt_state = carry
-    return params, opt_state, step_losses[0], step_norms[0]
+        # The envs are exchangeable (independent resets, none chosen by its
+        # index), so groups of consecutive envs are already random minibatches:
+        # the first epoch takes them in order, and only the later ones shuffle
+        # (two sorts each, ~1.5 % of an NPG update at 4096 envs). Relative to
+        # the first, each later epoch's order is then a uniform permutation, as
+        # when all shuffle. Each device shuffles its own envs with its own key.
+        def shuffled_epoch(carry, epoch_key):
+            epoch_key = jax.random.fold_in(epoch_key, parallel.shard_index(sharded))
+            return epoch(carry, jax.random.permutation(epoch_key, local_envs))
+
+        carry, (step_losses, step_norms) = epoch((params, opt_state), None)
+        if epochs > 1:
+            carry, _ = jax.lax.scan(
+                shuffled_epoch, carry, jax.random.split(key, epochs - 1)
+            )
+        params, opt_state = carry
+        return params, opt_state, step_losses[0], step_norms[0]
+
+    run = parallel.map_env_shards(
+        fit,
+        envs // minibatches,
+        (parallel.REPLICATED, parallel.REPLICATED, parallel.ROWS)
+        + (parallel.REPLICATED,) * 3,
+        parallel.REPLICATED,
+    )
+    return run(params, opt_state, data, key, lr, max_grad_norm)
 
 
 def critic_value_fn(
@@ -411,8 +479,20 @@ def compacted_grad(loss_fn, params, data, valid, block_rows: int):
     lie. ``loss_fn(params, (block, in_range))`` gets leaves ``[block_rows,
     ...]`` and a bool mask ``[block_rows]`` of the slots that hold a valid row
     (weight the loss by it) and returns ``(loss, aux)``, summed over blocks.
-    ``block_rows <= 0``: one block of all rows.
+    ``block_rows <= 0``: one block of all rows. Each device packs and sums
+    its own share of the envs (:mod:`pgjax.parallel`).
     """
+    run = parallel.map_env_shards(
+        lambda p, d, v: compacted_grad_local(loss_fn, p, d, v, block_rows),
+        valid.shape[1],
+        (parallel.REPLICATED, parallel.ROWS, parallel.ROWS),
+        parallel.SUM,
+    )
+    return run(params, data, valid)
+
+
+def compacted_grad_local(loss_fn, params, data, valid, block_rows: int):
+    """:func:`compacted_grad` on one device."""
     block_at, num_blocks = _valid_blocks(data, valid, block_rows)
     grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))  # traced once (blocked_grad)
     zeros = jax.tree.map(
@@ -430,7 +510,18 @@ def compacted_map(fn, data, valid, block_rows: int):
     """``fn`` on the blocks of :func:`compacted_grad`; back as ``[T, N, ...]``
     leaves, 0 at the rows where ``valid`` is False. ``fn(block)`` gets leaves
     ``[block_rows, ...]`` (no mask: its outputs at out-of-range slots are
-    dropped)."""
+    dropped). Each device maps its own share of the envs."""
+    run = parallel.map_env_shards(
+        lambda d, v: compacted_map_local(fn, d, v, block_rows),
+        valid.shape[1],
+        (parallel.ROWS, parallel.ROWS),
+        parallel.ROWS,
+    )
+    return run(data, valid)
+
+
+def compacted_map_local(fn, data, valid, block_rows: int):
+    """:func:`compacted_map` on one device."""
     time, envs = valid.shape
     block_at, num_blocks = _valid_blocks(data, valid, block_rows)
     sample = jax.eval_shape(lambda: fn(block_at(0)[0][0]))

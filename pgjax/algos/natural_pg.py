@@ -38,7 +38,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pgjax import losses, natural, value_norm
+from pgjax import losses, natural, parallel, value_norm
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
@@ -114,7 +114,7 @@ def _make_natural(
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
         old_log_prob = jax.lax.stop_gradient(batch.log_prob)
-        count = base.num_blocks(batch.reward.size, block_rows)
+        count = base.block_count(*batch.reward.shape, block_rows)
 
         def surrogate_rows(actor_params, obs, action, old, adv):
             """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
@@ -144,19 +144,39 @@ def _make_natural(
         )
         if until == "policy_gradient":
             return agent, {"checksum": base.global_norm((grads, targets))}
-        kl_obs = batch.obs[:, : config.kl_envs]
-        kl_old = jax.tree.map(lambda x: x[:, : config.kl_envs], old_dist)
+        kl_obs = parallel.first_envs(batch.obs, config.kl_envs)
+        kl_old = jax.tree.map(
+            lambda x: parallel.first_envs(x, config.kl_envs), old_dist
+        )
 
-        # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
-        fvp = natural.gauss_newton_fisher_vector_product(
-            lambda actor_params: policy.apply(actor_params, kl_obs),
-            lambda dist: jnp.mean(kl_old.kl(dist)),
-            agent.actor,
-            hyper.cg_damping,
-        )
-        step, step_info = natural.natural_gradient_step(
-            grads, fvp, hyper.max_kl, iters=config.cg_iters
-        )
+        kl_envs = kl_obs.shape[1]
+        sharded = parallel.env_mesh(kl_envs) is not None
+
+        def solve(actor_params, grads, kl_obs, kl_old, damping, max_kl):
+            """The natural step; split across devices, each one linearises
+            the KL on its own envs and the products are averaged."""
+            # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
+            local_fvp = natural.gauss_newton_fisher_vector_product(
+                lambda params: policy.apply(params, kl_obs),
+                lambda dist: jnp.mean(kl_old.kl(dist)),
+                actor_params,
+                damping,
+            )
+            return natural.natural_gradient_step(
+                grads,
+                lambda v: parallel.mean_over_shards(local_fvp(v), sharded),
+                max_kl,
+                iters=config.cg_iters,
+            )
+
+        step, step_info = parallel.map_env_shards(
+            solve,
+            kl_envs,
+            (parallel.REPLICATED,) * 2
+            + (parallel.ROWS,) * 2
+            + (parallel.REPLICATED,) * 2,
+            parallel.REPLICATED,
+        )(agent.actor, grads, kl_obs, kl_old, hyper.cg_damping, hyper.max_kl)
         if until == "cg_solve":
             return agent, {"checksum": base.global_norm(step)}
         if line_search:

@@ -1,0 +1,214 @@
+"""Data parallelism over a CPU's cores: the envs split across host devices.
+
+XLA gives one CPU device's program its intra-op thread pool, but the
+cache-sized row blocks of an update (:func:`pgjax.algos.base.blocked_grad`)
+are too small to split: on a 2-core machine A2C's chunk ran only 1.1× faster
+than on one core, while a hand-written A2C over whole-batch products gained
+1.5×. With one JAX CPU device per core (``jax_num_cpu_devices``, see
+:func:`use_cpu_cores`), the trainer splits the env axis across the devices:
+
+* the rollout, GAE and every per-env computation run on each device's share
+  of the envs (XLA's SPMD partitioner, from the sharding constraints of
+  :func:`split_envs`), and means over the batch become all-reduces;
+* each blocked pass (:func:`map_env_shards`) runs its block loop on the local
+  envs of each device, in parallel, and sums its partial results across the
+  devices once at the end.
+
+Parameters and optimiser states are replicated: every device applies the same
+summed gradient. On other backends, with one device, or when the devices do
+not divide the number of envs, nothing is split and the programs are those of
+one device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+#: The mesh axis the envs are split over.
+AXIS = "envs"
+#: ``[T, N, ...]`` leaves with their envs split across the devices.
+ROWS = PartitionSpec(None, AXIS)
+#: Leaves every device holds whole (parameters, scalars).
+REPLICATED = PartitionSpec()
+#: An output summed over the devices' partial results (:func:`map_env_shards`).
+SUM = "sum"
+
+
+def use_cpu_cores(count: int | None = None) -> bool:
+    """Makes JAX expose ``count`` CPU devices (default: the usable cores).
+
+    Must run before JAX initialises its backends (before the first array or
+    device query); returns False, changing nothing, if that already happened
+    or if a count was already chosen (``XLA_FLAGS``'
+    ``--xla_force_host_platform_device_count`` or ``jax_num_cpu_devices``).
+    """
+    if count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if count < 2 or "xla_force_host_platform_device_count" in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        return False
+    if jax.config.jax_num_cpu_devices not in (-1, None):
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", int(count))
+    except RuntimeError:  # backends already initialised
+        return False
+    return True
+
+
+@functools.cache
+def _cpu_mesh() -> Mesh | None:
+    devices = jax.devices()
+    if len(devices) < 2 or devices[0].platform != "cpu":
+        return None
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def env_mesh(num_envs: int) -> Mesh | None:
+    """The mesh that splits ``num_envs`` envs, or None when nothing is split
+    (not a CPU, one device, or a count the devices do not divide)."""
+    mesh = _cpu_mesh()
+    if mesh is None or num_envs % mesh.size:
+        return None
+    return mesh
+
+
+def env_shards(num_envs: int) -> int:
+    """How many devices ``num_envs`` envs are split across (1: not split)."""
+    mesh = env_mesh(num_envs)
+    return 1 if mesh is None else mesh.size
+
+
+def replicated(num_envs: int) -> NamedSharding | None:
+    """Every leaf whole on every device of :func:`env_mesh` (None without one):
+    how a compiled training chunk takes and returns its state, so that the
+    host loop, checkpoints and other programs see plain arrays."""
+    mesh = env_mesh(num_envs)
+    return None if mesh is None else NamedSharding(mesh, REPLICATED)
+
+
+def replicate(tree: Any, num_envs: int) -> Any:
+    """Constrains every leaf of ``tree`` to be whole on every device (inside a
+    traced program; a no-op without :func:`env_mesh`). A state that enters
+    and leaves a program replicated keeps one sharding from call to call, so
+    ``jax.jit`` traces a chunk once."""
+    sharding = replicated(num_envs)
+    if sharding is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def place(tree: Any, num_envs: int) -> Any:
+    """``tree`` copied to every device of :func:`env_mesh` (as is without one),
+    for a chunk compiled with :func:`replicated` shardings."""
+    sharding = replicated(num_envs)
+    return tree if sharding is None else jax.device_put(tree, sharding)
+
+
+def on_one_device(tree: Any) -> Any:
+    """``tree`` on the default device, for a program compiled for one device
+    (a replicated array's copy there, no transfer)."""
+    return jax.device_put(tree, jax.devices()[0])
+
+
+def split_envs(tree: Any, num_envs: int, axis: int = 0) -> Any:
+    """Constrains every leaf of ``tree`` to be split across the devices along
+    ``axis`` (its env axis); a no-op when :func:`env_mesh` is None."""
+    mesh = env_mesh(num_envs)
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def first_envs(x: jax.Array, count: int) -> jax.Array:
+    """``count`` of the envs of ``x [T, N, ...]``: ``x[:, :count]`` on one
+    device; split across devices, the first ``count / shards`` envs of each
+    device's share, so that the subset stays split evenly (the envs are
+    exchangeable, so either is a uniform sample)."""
+    num_envs = x.shape[1]
+    shards = env_shards(num_envs)
+    if count >= num_envs:
+        return x
+    if shards == 1 or count % shards:
+        return x[:, :count]
+    grouped = x.reshape(x.shape[0], shards, num_envs // shards, *x.shape[2:])
+    return grouped[:, :, : count // shards].reshape(x.shape[0], count, *x.shape[2:])
+
+
+def map_env_shards(
+    fn: Callable, num_envs: int, in_specs: tuple, out_specs: Any
+) -> Callable:
+    """``fn`` run on each device's share of the envs, in parallel.
+
+    ``in_specs``: one :data:`ROWS` or :data:`REPLICATED` per argument (a
+    prefix of its pytree). ``out_specs``: a prefix of the output's pytree
+    with :data:`ROWS` (per-row outputs, back as ``[T, N, ...]``) or
+    :data:`SUM` (each device's partial sum, summed across the devices).
+    Without :func:`env_mesh`, ``fn`` itself: one device sees all envs.
+    """
+    mesh = env_mesh(num_envs)
+    if mesh is None:
+        return fn
+
+    def is_spec(x):
+        return x is None or isinstance(x, (str, PartitionSpec))
+
+    def per_shard(*args):
+        out = fn(*args)
+        return jax.tree.map(
+            lambda spec, y: (
+                jax.tree.map(lambda v: jax.lax.psum(v, AXIS), y) if spec == SUM else y
+            ),
+            out_specs,
+            out,
+            is_leaf=is_spec,
+        )
+
+    specs = jax.tree.map(
+        lambda spec: REPLICATED if spec == SUM else spec, out_specs, is_leaf=is_spec
+    )
+    return jax.shard_map(
+        per_shard, mesh=mesh, in_specs=in_specs, out_specs=specs, check_vma=False
+    )
+
+
+def mean_over_shards(x: Any, sharded: bool) -> Any:
+    """``pmean`` of every leaf over the devices inside a
+    :func:`map_env_shards` function (``sharded``), else ``x``."""
+    if not sharded:
+        return x
+    return jax.tree.map(lambda v: jax.lax.pmean(v, AXIS), x)
+
+
+def shard_index(sharded: bool) -> jax.Array | int:
+    """This device's index along :data:`AXIS` (0 when not ``sharded``)."""
+    return jax.lax.axis_index(AXIS) if sharded else 0
+
+
+__all__ = [
+    "AXIS",
+    "REPLICATED",
+    "ROWS",
+    "SUM",
+    "env_mesh",
+    "env_shards",
+    "first_envs",
+    "map_env_shards",
+    "mean_over_shards",
+    "on_one_device",
+    "place",
+    "replicate",
+    "replicated",
+    "shard_index",
+    "split_envs",
+    "use_cpu_cores",
+]
