@@ -42,15 +42,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from pgjax import parallel  # imports jax, starts no backend
 
-from pgjax import envs, presets
-from pgjax.algos import natural_pg
-from pgjax.compilation import chunk_options, compile_chunk
-from pgjax.config import TrainConfig
-from pgjax.train import make_train
+
+def _cpu_devices_flag(argv: list[str]) -> int:
+    """``--cpu-devices`` from ``argv`` (0 if absent or bad: main() reports it)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--cpu-devices", default="0")
+    value = parser.parse_known_args(argv)[0].cpu_devices
+    return int(value) if value.isdigit() else 0
+
+
+if __name__ == "__main__":
+    # One CPU device per core, as train.py: before gymnax (imported below)
+    # starts JAX's backends.
+    parallel.use_cpu_cores(_cpu_devices_flag(sys.argv[1:]) or None)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pgjax import envs, presets  # noqa: E402
+from pgjax.algos import natural_pg  # noqa: E402
+from pgjax.compilation import chunk_options, compile_chunk  # noqa: E402
+from pgjax.config import TrainConfig  # noqa: E402
+from pgjax.train import make_train, split_env_batch  # noqa: E402
 
 SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
 
@@ -193,7 +209,14 @@ def bench_algorithm(
     # The program train.py runs: unbatched for one seed, so that the idle-slot
     # lax.cond stays a branch instead of vmap's select of both sides, and
     # REINFORCE's block loop stops at the seed's own last valid row.
-    executable, compile_s = compiled(trainer.train_chunk_batch, state, algo=config.algo)
+    start = time.perf_counter()
+    executable = compile_chunk(
+        trainer.train_chunk_batch,
+        config.algo,
+        state,
+        sharding=parallel.replicated(config.num_envs),
+    )
+    compile_s = time.perf_counter() - start
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
     steps = int(np.sum(jax.device_get(metrics["env_steps"])))
@@ -221,16 +244,21 @@ def bench_algorithm(
     single = jax.tree.map(lambda x: x[0], state)
     algo, hyper = trainer.algorithm, single.hyper
 
+    # Split across the CPU's devices as in the chunk (Trainer.update).
     def collect(state):
         def body(carry, key):
-            env_state, batch, _ = algo.collect(state.agent, carry, key, hyper)
-            return env_state, jnp.sum(batch.reward)
+            env_state, batch, _ = algo.collect(
+                state.agent, split_env_batch(carry), key, hyper
+            )
+            return split_env_batch(env_state), jnp.sum(batch.reward)
 
         return jax.lax.scan(body, state.env, jax.random.split(state.key, updates))
 
     _, batch, _ = jax.jit(algo.collect)(single.agent, single.env, single.key, hyper)
 
     def learn(state, batch):
+        batch = parallel.split_envs(batch, config.num_envs, axis=1)
+
         def body(agent, key):
             agent, metrics = algo.update(agent, batch, key, hyper, 0.0)
             return agent, metrics["policy_loss"]
@@ -269,6 +297,8 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     for phase, update in prefixes.items():
 
         def learn(state, batch, update=update):
+            batch = parallel.split_envs(batch, trainer.config.num_envs, axis=1)
+
             def body(agent, key):
                 agent, metrics = update(agent, batch, key, hyper, 0.0)
                 checksum = next(iter(metrics.values()))
@@ -406,8 +436,18 @@ def main(argv=None) -> int:
         help="comma list of sections to skip: ceiling, "
         "reference, algorithms, scaling, solve",
     )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="CPU devices to split the envs across, as train.py's flag "
+        "(0 = one per core; 1 = no split)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
+    if args.cpu_devices < 0:
+        parser.error("--cpu-devices: must be >= 0 (0 = one per core)")
+    # Run as a script, the device count was set before JAX started (above).
     skip = set(filter(None, args.skip.split(",")))
     algos = [a for a in args.algos.split(",") if a]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -416,6 +456,7 @@ def main(argv=None) -> int:
         "env": args.env,
         "device": f"{device.platform}:{device.device_kind}",
         "cpu_count": os.cpu_count(),
+        "devices": len(jax.devices()),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "num_envs": args.num_envs,
@@ -510,7 +551,8 @@ def main(argv=None) -> int:
         seeds = [int(x) for x in args.solve_seeds.split(",") if x]
         report["solve"] = {}
         for algo in algos:
-            result = bench_solve(algo, args.env, seeds, [], cold=args.solve_cold)
+            extra = ["--cpu-devices", str(args.cpu_devices)] if args.cpu_devices else []
+            result = bench_solve(algo, args.env, seeds, extra, cold=args.solve_cold)
             report["solve"][algo] = result
             log(
                 f"{algo} time to {result['threshold']}: median "

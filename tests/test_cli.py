@@ -292,6 +292,8 @@ BAD_INPUTS = [
         "--critic-minibatches",
     ),
     (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
+    (["--cpu-devices", "-1"], "--cpu-devices"),
+    (["--cpu-devices", "two"], "--cpu-devices"),
 ]
 
 
