@@ -69,6 +69,11 @@ def _make_natural(
 ):
     policy, critic = base.make_networks(config, spec)
     block_rows = base.resolve_block_rows(config)
+    # The linearised KL keeps every block's residuals and each CG iteration
+    # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache
+    # (npg 1.06× faster than in 2048-row blocks, 1.05× than unblocked;
+    # docs/performance.md, "Ninth session").
+    fvp_block_rows = block_rows // 2
     name = "trpo" if line_search else "npg"
 
     init = base.actor_critic_init(policy, critic)
@@ -157,7 +162,9 @@ def _make_natural(
             the KL on its own envs and the products are averaged."""
             # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
             local_fvp = natural.gauss_newton_fisher_vector_product(
-                lambda params: policy.apply(params, kl_obs),
+                lambda params: base.blocked_map_local(
+                    lambda obs: policy.apply(params, obs), kl_obs, fvp_block_rows
+                ),
                 lambda dist: jnp.mean(kl_old.kl(dist)),
                 actor_params,
                 damping,
