@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import sys
 import typing
 from pathlib import Path
@@ -215,8 +216,27 @@ def train_main(argv: list[str] | None, start_time: float) -> int:
         return EXIT_SIGINT
 
 
+def _cpu_devices(args: argparse.Namespace) -> int:
+    """``--cpu-devices`` as given, else a resumed run's saved value, else 0."""
+    if hasattr(args, "cpu_devices"):
+        return args.cpu_devices
+    if args.resume and args.run_dir is not None:
+        try:
+            saved = json.loads((Path(args.run_dir) / "config.json").read_text())
+            return int(saved.get("cpu_devices", 0))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return 0  # the resume below reports what is wrong with the folder
+    return 0
+
+
 def _train_main(argv: list[str] | None, start_time: float) -> int:
     args = build_parser().parse_args(argv)
+    # Before JAX starts its backends (importing pgjax.runner does, through
+    # gymnax): one CPU device per core, to split the envs across
+    # (pgjax.parallel). No-op on accelerators.
+    from pgjax import parallel
+
+    parallel.use_cpu_cores(max(_cpu_devices(args), 0) or None)
     if args.resume:
         if args.run_dir is None:
             return fail("--resume: needs --run-dir, the run folder to continue")
@@ -241,12 +261,6 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
         validate_sweep(config, sweep)
     except ConfigError as error:
         return fail(str(error))
-
-    # Before JAX starts its backends: one CPU device per core, to split the
-    # envs across (pgjax.parallel). No-op on accelerators.
-    from pgjax import parallel
-
-    parallel.use_cpu_cores(config.cpu_devices or None)
 
     # Build (and so check) everything before touching the disk.
     from pgjax import train

@@ -88,6 +88,7 @@ RESUME_MAY_CHANGE = (
     "keep_checkpoints",
     "tensorboard",
     "eval_episodes",
+    "cpu_devices",  # where the envs run, not what is learned (in law)
 )
 
 # Automatic checkpoints (checkpoint_every = 0): at the first chunk boundary past
@@ -1062,6 +1063,8 @@ def _summary(
         else [float(x) for x in eval_returns],
         "eval_episodes": config.eval_episodes,
         "steps_per_second": float(host.steps.sum() / max(host.train_seconds, 1e-9)),
+        # Devices the envs were split across (pgjax.parallel; 1: not split).
+        "env_shards": parallel.env_shards(config.num_envs),
         "compile_seconds": compile_seconds,
         "compile_seconds_all_sessions": host.compile_seconds,
         "train_seconds": host.train_seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -179,6 +180,23 @@ def test_a2c_smoke_summary(a2c_run):
     assert summary["steps_per_second"] > 0
     assert 0 < summary["compile_seconds"] < summary["wall_seconds"]
     assert summary["eval_return"] >= 1.0  # CartPole pays 1 per step
+    # train.py splits the envs across the cores by default (pgjax.parallel).
+    cores = len(os.sched_getaffinity(0))
+    assert summary["env_shards"] == (cores if cores > 1 and 64 % cores == 0 else 1)
+
+
+def test_cpu_devices_1_runs_on_one_device_and_resume_keeps_it(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny = ["--num-envs", "8", "--num-steps", "4", "--eval-episodes", "2"]
+    tiny += ["--no-progress", "--run-dir", str(run_dir)]
+    proc = run_script(*tiny, "--total-timesteps", "64", "--cpu-devices", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["env_shards"] == 1
+    # Resumed without the flag, the run keeps its saved --cpu-devices.
+    proc = run_script(*tiny, "--total-timesteps", "128", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_shards"] == 1 and summary["total_timesteps"] >= 128
 
 
 def test_a2c_smoke_learning_curve_png(a2c_run):

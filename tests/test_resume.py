@@ -386,3 +386,12 @@ def test_second_sigint_exits_at_once_and_the_folder_stays_valid(tmp_path, capsys
     assert code == 0, err
     per_seed = check_updates_contiguous(run_dir)
     assert all(len(u) == 32768 // 128 for u in per_seed.values())
+
+
+def test_resume_may_change_the_cpu_device_count():
+    # Where the envs run is not what the run learns: a run from a 2-core
+    # machine may continue on another (bit-identical only on the same count).
+    saved = PLAIN
+    runner.check_resumable(saved, {}, dataclasses.replace(saved, cpu_devices=1), {})
+    with pytest.raises(runner.RunFolderError, match="--num-envs"):
+        runner.check_resumable(saved, {}, dataclasses.replace(saved, num_envs=32), {})
