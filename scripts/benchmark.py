@@ -254,7 +254,12 @@ def bench_algorithm(
 
         return jax.lax.scan(body, state.env, jax.random.split(state.key, updates))
 
-    _, batch, _ = jax.jit(algo.collect)(single.agent, single.env, single.key, hyper)
+    def collect_once(agent, env, key):
+        _, batch, _ = algo.collect(agent, split_env_batch(env), key, hyper)
+        return parallel.split_envs(batch, config.num_envs, axis=1)
+
+    # Made split, as in the chunk: the learning programs below take it as is.
+    batch = jax.jit(collect_once)(single.agent, single.env, single.key)
 
     def learn(state, batch):
         batch = parallel.split_envs(batch, config.num_envs, axis=1)
