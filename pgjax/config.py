@@ -120,8 +120,10 @@ class TrainConfig:
         0,
         "CPU devices (cores) the envs are split across, each running the "
         "rollout and the update's passes on its share (0 = one per core; 1 = no "
-        "split). Ignored on accelerators. The split decides which envs share a "
-        "critic minibatch, so results differ across counts (not in law)",
+        "split). Set by train.py and benchmark.py before JAX starts; "
+        "XLA_FLAGS' or JAX_NUM_CPU_DEVICES' count wins; ignored on "
+        "accelerators. The split decides which envs share a critic minibatch, "
+        "so results differ across counts (not in law)",
     )
     kl_envs: int = _field(
         512,

@@ -15,9 +15,12 @@ than on one core, while a hand-written A2C over whole-batch products gained
   devices once at the end.
 
 Parameters and optimiser states are replicated: every device applies the same
-summed gradient. On other backends, with one device, or when the devices do
-not divide the number of envs, nothing is split and the programs are those of
-one device.
+summed gradient (XLA:CPU's all-reduce gives every device the same bits, so the
+copies never drift; tests/test_parallel.py checks it). On other backends, with
+one device, or when the devices do not divide the number of envs, nothing is
+split and the programs are those of one device. A critic fit in ``M``
+minibatches is split only when the devices also divide ``N / M`` (otherwise it
+runs whole, correct but slower).
 """
 
 from __future__ import annotations

@@ -193,3 +193,34 @@ def test_split_updates_match_one_device():
                 atol=2e-5,
                 err_msg=f"{algo} {name}",
             )
+
+
+def test_replicated_parameters_stay_identical_on_every_device():
+    # Each device applies the all-reduced gradient itself: the copies must
+    # agree bit for bit after updates (else they would drift apart).
+    from pgjax.train import make_train
+
+    for algo in ("a2c", "npg"):
+        trainer = make_train(TrainConfig(**dict(EQUAL_SETTINGS, algo=algo)))
+        state = jax.jit(trainer.init_batch)(jax.random.PRNGKey(1)[None])
+        state, _ = jax.jit(trainer.train_chunk_batch)(state)
+        for leaf in jax.tree.leaves((state.agent.actor, state.agent.critic)):
+            shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+            assert len(shards) == 2
+            for other in shards[1:]:
+                np.testing.assert_array_equal(shards[0], other)
+
+
+def test_envs_the_devices_do_not_divide_run_on_one_device():
+    # 9 envs stay whole, though the 4 KL envs would split: one program, one
+    # device, called again with its own output.
+    from pgjax.train import make_train
+
+    settings = dict(EQUAL_SETTINGS, algo="npg", num_envs=9, kl_envs=4)
+    trainer = make_train(TrainConfig(**settings))
+    assert parallel.env_shards(9) == 1
+    state = jax.jit(trainer.init_batch)(jax.random.PRNGKey(2)[None])
+    chunk = jax.jit(trainer.train_chunk_batch)
+    state, metrics = chunk(chunk(state)[0])
+    assert np.all(np.isfinite(metrics["kl"]))
+    assert len(jax.tree.leaves(state.agent.actor)[0].sharding.device_set) == 1

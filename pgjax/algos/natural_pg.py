@@ -73,7 +73,7 @@ def _make_natural(
     # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache
     # (npg 1.06× faster than in 2048-row blocks, 1.05× than unblocked;
     # docs/performance.md, "Ninth session").
-    fvp_block_rows = block_rows // 2
+    fvp_block_rows = max(block_rows // 2, 1) if block_rows > 0 else 0
     name = "trpo" if line_search else "npg"
 
     init = base.actor_critic_init(policy, critic)
@@ -155,7 +155,12 @@ def _make_natural(
         )
 
         kl_envs = kl_obs.shape[1]
-        sharded = parallel.env_mesh(kl_envs) is not None
+        # Split only when the batch is (first_envs then took the KL envs
+        # evenly from each device's share).
+        sharded = (
+            parallel.env_shards(batch.reward.shape[1]) > 1
+            and parallel.env_mesh(kl_envs) is not None
+        )
 
         def solve(actor_params, grads, kl_obs, kl_old, damping, max_kl):
             """The natural step; split across devices, each one linearises
@@ -176,14 +181,18 @@ def _make_natural(
                 iters=config.cg_iters,
             )
 
-        step, step_info = parallel.map_env_shards(
-            solve,
-            kl_envs,
-            (parallel.REPLICATED,) * 2
-            + (parallel.ROWS,) * 2
-            + (parallel.REPLICATED,) * 2,
-            parallel.REPLICATED,
-        )(agent.actor, grads, kl_obs, kl_old, hyper.cg_damping, hyper.max_kl)
+        if sharded:
+            solve = parallel.map_env_shards(
+                solve,
+                kl_envs,
+                (parallel.REPLICATED,) * 2
+                + (parallel.ROWS,) * 2
+                + (parallel.REPLICATED,) * 2,
+                parallel.REPLICATED,
+            )
+        step, step_info = solve(
+            agent.actor, grads, kl_obs, kl_old, hyper.cg_damping, hyper.max_kl
+        )
         if until == "cg_solve":
             return agent, {"checksum": base.global_norm(step)}
         if line_search:
