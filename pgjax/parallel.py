@@ -90,6 +90,13 @@ def env_shards(num_envs: int) -> int:
     return 1 if mesh is None else mesh.size
 
 
+def _constrain(tree: Any, sharding: NamedSharding | None) -> Any:
+    """Every leaf of ``tree`` constrained to ``sharding`` (None: as is)."""
+    if sharding is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
 def replicated(num_envs: int) -> NamedSharding | None:
     """Every leaf whole on every device of :func:`env_mesh` (None without one):
     how a compiled training chunk takes and returns its state, so that the
@@ -103,10 +110,7 @@ def replicate(tree: Any, num_envs: int) -> Any:
     traced program; a no-op without :func:`env_mesh`). A state that enters
     and leaves a program replicated keeps one sharding from call to call, so
     ``jax.jit`` traces a chunk once."""
-    sharding = replicated(num_envs)
-    if sharding is None:
-        return tree
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+    return _constrain(tree, replicated(num_envs))
 
 
 def place(tree: Any, num_envs: int) -> Any:
@@ -128,8 +132,7 @@ def split_envs(tree: Any, num_envs: int, axis: int = 0) -> Any:
     mesh = env_mesh(num_envs)
     if mesh is None:
         return tree
-    sharding = NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+    return _constrain(tree, NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS)))
 
 
 def first_envs(x: jax.Array, count: int) -> jax.Array:

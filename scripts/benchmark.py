@@ -95,15 +95,16 @@ def median_time(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def compiled(fn, *args, algo: str | None = None):
+def compiled(fn, *args, algo: str | None = None, sharding=None):
     """``(executable, compile_seconds)`` of ``jax.jit(fn)`` for these arguments,
     with the XLA options train.py gives ``algo``'s chunk (none without ``algo``:
-    the ceiling and the reference get XLA's defaults)."""
+    the ceiling and the reference get XLA's defaults) and, with ``sharding``,
+    its input and output shardings (:func:`compile_chunk`)."""
     start = time.perf_counter()
     if algo is None:
         executable = jax.jit(fn).lower(*args).compile()
     else:
-        executable = compile_chunk(fn, algo, *args)
+        executable = compile_chunk(fn, algo, *args, sharding=sharding)
     return executable, time.perf_counter() - start
 
 
@@ -209,14 +210,12 @@ def bench_algorithm(
     # The program train.py runs: unbatched for one seed, so that the idle-slot
     # lax.cond stays a branch instead of vmap's select of both sides, and
     # REINFORCE's block loop stops at the seed's own last valid row.
-    start = time.perf_counter()
-    executable = compile_chunk(
+    executable, compile_s = compiled(
         trainer.train_chunk_batch,
-        config.algo,
         state,
+        algo=config.algo,
         sharding=parallel.replicated(config.num_envs),
     )
-    compile_s = time.perf_counter() - start
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
     steps = int(np.sum(jax.device_get(metrics["env_steps"])))
@@ -258,12 +257,11 @@ def bench_algorithm(
         _, batch, _ = algo.collect(agent, split_env_batch(env), key, hyper)
         return parallel.split_envs(batch, config.num_envs, axis=1)
 
-    # Made split, as in the chunk: the learning programs below take it as is.
+    # Made split, as in the chunk: the learning programs below (and
+    # natural_phase_seconds) take it with that sharding as is.
     batch = jax.jit(collect_once)(single.agent, single.env, single.key)
 
     def learn(state, batch):
-        batch = parallel.split_envs(batch, config.num_envs, axis=1)
-
         def body(agent, key):
             agent, metrics = algo.update(agent, batch, key, hyper, 0.0)
             return agent, metrics["policy_loss"]
@@ -302,8 +300,6 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     for phase, update in prefixes.items():
 
         def learn(state, batch, update=update):
-            batch = parallel.split_envs(batch, trainer.config.num_envs, axis=1)
-
             def body(agent, key):
                 agent, metrics = update(agent, batch, key, hyper, 0.0)
                 checksum = next(iter(metrics.values()))
