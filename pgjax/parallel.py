@@ -21,6 +21,11 @@ one device, or when the devices do not divide the number of envs, nothing is
 split and the programs are those of one device. A critic fit in ``M``
 minibatches is split only when the devices also divide ``N / M`` (otherwise it
 runs whole, correct but slower).
+
+Seeds (and sweep rows) are a different parallelism: a ``vmap`` over the
+trainer's state, named :data:`SEEDS` (``Trainer.train_chunk_batch``), so that
+loops with a data-dependent end can stop for all seeds at once
+(:func:`all_seeds`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,39 @@ ROWS = PartitionSpec(None, AXIS)
 REPLICATED = PartitionSpec()
 #: An output summed over the devices' partial results (:func:`map_env_shards`).
 SUM = "sum"
+#: The name of the ``vmap`` axis over seeds and sweep rows.
+SEEDS = "seeds"
+
+
+def all_seeds(flag: jax.Array) -> jax.Array:
+    """``flag`` (bool) and-ed over the seeds vmapped as :data:`SEEDS`.
+
+    For the predicate of a ``lax.while_loop``: a predicate that differs
+    between vmapped rows turns, under ``vmap``, into a loop to the last row's
+    end with a ``select`` of the *whole* carry at every iteration. For
+    REINFORCE's episode rollout the carry holds its ``[500, N, ...]`` buffers,
+    and that select cut two seeds' total steps/s to a sixth of one seed's.
+    Reduced over the axis, the predicate is the same for every row, the loop
+    stays an unbatched loop, and a row that is done simply runs on (its steps
+    must be padding). Outside such a ``vmap`` (one seed), ``flag`` itself.
+    """
+    return _over_seeds(jax.lax.pmin, flag)
+
+
+def max_over_seeds(count: jax.Array) -> jax.Array:
+    """The largest ``count`` of the seeds vmapped as :data:`SEEDS` (``count``
+    itself outside such a ``vmap``): a loop bound shared by the seeds, for the
+    reason of :func:`all_seeds`. The rows past their own count must be no-ops.
+    """
+    return _over_seeds(jax.lax.pmax, count)
+
+
+def _over_seeds(collective: Callable, x: jax.Array) -> jax.Array:
+    try:
+        jax.lax.axis_size(SEEDS)
+    except NameError:  # not under a vmap over seeds
+        return x
+    return collective(x, SEEDS)
 
 
 def use_cpu_cores(count: int | None = None) -> bool:

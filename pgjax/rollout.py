@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pgjax import envs
+from pgjax import envs, parallel
 from pgjax.envs import EnvBatchState, EnvSpec
 
 Array = jax.Array
@@ -157,7 +157,9 @@ def collect_episodes(
     The buffer has ``max_episode_steps`` rows; the loop (a ``lax.while_loop``)
     stops at the first step where every env's episode has ended, so no steps are
     spent past the longest episode. An env whose episode ended keeps stepping
-    (vmap steps all envs) but its rows are padding: ``valid = False``.
+    (vmap steps all envs) but its rows are padding: ``valid = False``. Under a
+    ``vmap`` named :data:`pgjax.parallel.SEEDS`, the loop stops where every
+    seed's episodes have ended (rows past a seed's own end are its padding).
 
     Returns:
       ``(env_state, transition, num_steps_run)``: the transition is
@@ -199,7 +201,10 @@ def collect_episodes(
 
     def cond(carry):
         t, _, _, _, finished, _ = carry
-        return (t < horizon) & ~jnp.all(finished)
+        # Under a vmap over seeds, all of them run until the last one's
+        # episodes end (parallel.all_seeds): a done seed's extra rows are
+        # padding, as an env's are after its episode ended.
+        return (t < horizon) & ~parallel.all_seeds(jnp.all(finished))
 
     def body(carry):
         t, s, buffers, raw_buffer, finished, k = carry

@@ -1025,7 +1025,7 @@ def compile_evaluation(
         evaluate = functools.partial(
             trainer.evaluate, num_episodes=episodes, deterministic=True
         )
-        return jax.vmap(evaluate)(state, keys)
+        return jax.vmap(evaluate, axis_name=parallel.SEEDS)(state, keys)
 
     rows = jax.tree.leaves(abstract)[0].shape[0]
     compiled = compile_once(

@@ -193,7 +193,7 @@ class Trainer:
         branch rather than becoming a select of both sides).
         """
         if jax.tree.leaves(state)[0].shape[0] > 1:
-            return jax.vmap(self.train_chunk)(state)
+            return jax.vmap(self.train_chunk, axis_name=parallel.SEEDS)(state)
         single = jax.tree.map(lambda x: x[0], state)
         single, metrics = self.train_chunk(single)
         return jax.tree.map(lambda x: x[None], (single, metrics))
@@ -201,7 +201,9 @@ class Trainer:
     def train(self, key: Array, hyper: Hyperparams | None = None) -> TrainState:
         """Trains one seed to ``total_timesteps`` in one compiled loop.
 
-        For library use (``jax.jit(jax.vmap(trainer.train))(keys)``); the CLI uses
+        For library use (``jax.jit(jax.vmap(trainer.train, axis_name=SEEDS))(keys)``
+        with ``SEEDS`` = :data:`pgjax.parallel.SEEDS`, which lets REINFORCE's
+        episode loop stop for all seeds at once); the CLI uses
         :meth:`train_chunk` to report progress between chunks.
         """
         state = self.init(key, hyper)

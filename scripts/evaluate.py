@@ -120,7 +120,7 @@ def evaluate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from pgjax import runner
+    from pgjax import parallel, runner
     from pgjax.checkpoints import Checkpointer, CheckpointError
     from pgjax.train import make_train
 
@@ -172,7 +172,10 @@ def evaluate(args: argparse.Namespace) -> int:
     base_key = jax.random.PRNGKey(args.seed)
     keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(np.asarray(rows))
     returns = jax.jit(
-        jax.vmap(lambda s, k: trainer.evaluate(s, k, args.episodes, deterministic))
+        jax.vmap(
+            lambda s, k: trainer.evaluate(s, k, args.episodes, deterministic),
+            axis_name=parallel.SEEDS,
+        )
     )(picked, keys)
     returns = np.asarray(jax.device_get(returns), np.float64)  # [rows, episodes]
 

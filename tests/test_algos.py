@@ -282,3 +282,44 @@ def test_compacted_grad_of_no_valid_row_is_zero():
     np.testing.assert_array_equal(grads, 0.0)
     values = base.compacted_map(lambda b: b @ jnp.ones(3), x, valid, 2)
     np.testing.assert_array_equal(values, 0.0)
+
+
+def _while_loops(jaxpr):
+    """Every ``while`` equation of ``jaxpr``, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _while_loops(inner)
+
+
+def test_compacted_passes_under_a_vmap_over_seeds_share_one_block_loop():
+    # Two seeds with 33 and 9 valid rows: named parallel.SEEDS, the block loop
+    # runs to the larger count for both (its counter unbatched, so vmap does not
+    # select the [T·N] output at every block), and each seed's result is its own.
+    lengths = jnp.array([[10, 7, 5, 5, 3, 2, 1, 0], [1, 2, 0, 1, 3, 0, 1, 1]])
+    valid = jnp.arange(10)[None, :, None] < lengths[:, None, :]  # [S=2, T, N]
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 8, 3))
+    w = jnp.array([0.3, -0.2, 0.5])
+
+    def loss(w, block):
+        block_x, in_range = block
+        return jnp.sum(in_range * jnp.tanh(block_x @ w)), jnp.sum(in_range)
+
+    def passes(x, valid):
+        grads, _ = base.compacted_grad(loss, w, x, valid, 4)
+        return grads, base.compacted_map(lambda b: jnp.tanh(b @ w), x, valid, 4)
+
+    shared = jax.vmap(passes, axis_name=parallel.SEEDS)
+    loops = list(_while_loops(jax.make_jaxpr(shared)(x, valid).jaxpr))
+    assert len(loops) == 2
+    for loop in loops:
+        assert loop.outvars[0].aval.shape == ()  # the block counter
+    grads, values = jax.jit(shared)(x, valid)
+    for seed in range(2):
+        alone = passes(x[seed], valid[seed])
+        np.testing.assert_allclose(grads[seed], alone[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(values[seed], alone[1], rtol=1e-5, atol=1e-6)

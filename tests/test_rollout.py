@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import envs, losses, rollout
+from pgjax import envs, losses, parallel, rollout
 
 THETA_LIMIT = 12 * 2 * np.pi / 360
 
@@ -296,3 +296,39 @@ def test_collect_episodes_one_step_probe():
     np.testing.assert_array_equal(lengths, [1, 1, 1, 1])
     assert num_run == 1
     np.testing.assert_array_equal(batch.reward[0], batch.action[0] == 1)
+
+
+def test_collect_episodes_under_a_vmap_over_seeds_runs_one_loop():
+    # Named parallel.SEEDS, the seeds share the loop's predicate: its counter
+    # stays a scalar (a per-seed predicate would batch it, and vmap would
+    # select the whole [500, N] buffers at every step), and each seed's valid
+    # rows are those it collects alone.
+    spec = envs.make_env("CartPole-v1")
+
+    def run(key):
+        reset_key, run_key = jax.random.split(key)
+        state = envs.reset(spec, reset_key, 6)
+        return rollout.collect_episodes(spec, random_act_fn(spec), state, run_key)
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    shared = jax.vmap(run, axis_name=parallel.SEEDS)
+    loops = [
+        eqn
+        for eqn in jax.make_jaxpr(shared)(keys).eqns
+        if eqn.primitive.name == "while"
+    ]
+    assert len(loops) == 1
+    assert loops[0].outvars[0].aval.shape == ()  # the step counter t
+
+    _, batches, num_run = jax.jit(shared)(keys)
+    alone = [jax.jit(run)(key) for key in keys]
+    assert int(num_run[0]) == max(int(a[2]) for a in alone)
+    for seed, (_, batch, _) in enumerate(alone):
+        valid = np.asarray(batch.valid)
+        np.testing.assert_array_equal(np.asarray(batches.valid[seed]), valid)
+        for name in ("obs", "action", "reward", "done", "completed_return"):
+            np.testing.assert_allclose(
+                np.asarray(getattr(batches, name)[seed])[valid],
+                np.asarray(getattr(batch, name))[valid],
+                err_msg=name,
+            )

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import runner, train, value_norm
+from pgjax import parallel, runner, train, value_norm
 from pgjax.algos import base
 from pgjax.config import Hyperparams, TrainConfig
 
@@ -76,7 +76,7 @@ def train_seeds(seeds=SEEDS, hyper=None, **overrides) -> Trained:
     if hyper is None:
         hyper = Hyperparams.from_config(config)
     hyper = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds),)), hyper)
-    states = jax.jit(jax.vmap(trainer.train))(keys, hyper)
+    states = jax.jit(jax.vmap(trainer.train, axis_name=parallel.SEEDS))(keys, hyper)
     assert np.all(np.asarray(states.experience) >= config.total_timesteps)
     return Trained(config, trainer, jax.device_get(states))
 
@@ -348,6 +348,37 @@ def test_vmap_over_seeds_equals_separate_runs(small):
     # The two seeds really are different runs.
     kernels = jax.tree.leaves(state.agent.actor)
     assert not all(np.allclose(k[0], k[1]) for k in kernels)
+
+
+def test_reinforce_seeds_in_one_program_equal_separate_runs():
+    # train_chunk_batch shares REINFORCE's episode loop between the seeds
+    # (parallel.all_seeds): a seed that finished first collects padding rows,
+    # which must change nothing it learns or reports.
+    config = TrainConfig(
+        **dict(SMALL, algo="reinforce", baseline="value", total_timesteps=10**6)
+    )
+    trainer = train.make_train(config)
+    start = jax.jit(trainer.init_batch)(KEYS)
+    state, metrics = jax.jit(trainer.train_chunk_batch)(start)
+    single = jax.jit(trainer.train_chunk)
+    for i in range(len(KEYS)):
+        one, one_metrics = single(jax.tree.map(lambda x, i=i: x[i], start))
+        for name, value in one_metrics.items():
+            np.testing.assert_allclose(
+                value, metrics[name][i], rtol=1e-4, atol=1e-6, err_msg=name
+            )
+
+        # All but the envs' own state, which the next update resets anyway
+        # (a seed that finished first stepped on).
+        def kept(s):
+            return s.agent, s.env.obs_norm, s.key, s.experience
+
+        for x, y in zip(
+            jax.tree.leaves(kept(one)), jax.tree.leaves(kept(state)), strict=True
+        ):
+            np.testing.assert_allclose(x, y[i], rtol=1e-5, atol=1e-6)
+    # Episodes of different lengths: one seed's loop ran past its own end.
+    assert metrics["episode_length"][0, 0] != metrics["episode_length"][1, 0]
 
 
 def test_same_seed_is_bit_identical(small):

@@ -451,7 +451,9 @@ def _valid_blocks(data, valid, block_rows: int):
     of the valid rows, ``((leaves [size, ...], in_range [size]), rows [size])``,
     where ``in_range`` marks the slots holding a valid row (the last block's
     tail does not) and ``rows`` their flat indices; ``num_blocks`` (traced) is
-    how many blocks hold any valid row.
+    how many blocks hold any valid row: under a vmap over seeds, the most
+    of any seed (:func:`pgjax.parallel.max_over_seeds`), as the blocks past a
+    seed's own are empty (``in_range`` all False).
     """
     index, count = valid_rows(valid)
     total = index.shape[0]
@@ -465,7 +467,7 @@ def _valid_blocks(data, valid, block_rows: int):
         in_range = start + jnp.arange(size) < count
         return (jax.tree.map(lambda x: x[rows], flat), in_range), rows
 
-    return block_at, (count + size - 1) // size
+    return block_at, parallel.max_over_seeds((count + size - 1) // size)
 
 
 def compacted_grad(loss_fn, params, data, valid, block_rows: int):
