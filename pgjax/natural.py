@@ -24,7 +24,7 @@ step's scaling alone run on the vector of all leaves end to end
 (:func:`jax.flatten_util.ravel_pytree`, in the leaves' common dtype; results
 come back in each leaf's own): each vector operation is then one fused XLA op
 rather than one per leaf, which shortened the compile of NPG's training chunk
-by ~6 % (docs/performance.md, "Tenth session").
+by ~10 % at the same speed (docs/performance.md, "Tenth session").
 All functions are pure, jittable and vmappable; iteration counts are static Python
 ints, while ``max_kl``, ``damping`` and the tolerances may be traced, so a sweep
 over them is a ``vmap``. Loops have a fixed maximum length and stop early through

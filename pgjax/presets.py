@@ -20,7 +20,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # steps); with the joint single critic step 0/8 (critic lr 0.01) to 6/8
     # (0.1), and the earlier KL-adaptive preset 5/8 in 10 M (docs/performance.md).
     # 1024 envs rather than 4096: the logged return reached 475 after 0.50-0.55 M
-    # steps (24 seeds; 2.1-2.2 M with 4096), 0.8x the wall time to 475 despite
+    # steps (24 seeds; 2.1-2.2 M with 4096), in 0.75x the warm wall time despite
     # the smaller batch's lower steps/s; 24/24 seeds evaluated at 500 after 1 M
     # steps and 8/8 after the 3 M kept here, so that `--num-envs 4096` still
     # has the steps it needs ("Tenth session").
