@@ -168,9 +168,18 @@ def conjugate_gradient(
       of operators, runs until every member has stopped; finished members are
       frozen).
     """
+    flat_matvec, flat_b, unravel = _flattened(matvec, jax.tree.map(jnp.asarray, b))
+    result = _flat_conjugate_gradient(flat_matvec, flat_b, iters, tol)
+    return result.replace(x=unravel(result.x))
+
+
+def _flat_conjugate_gradient(
+    matvec: Callable[[Array], Array], b: Array, iters: int, tol: float | Array
+) -> CGResult:
+    """:func:`conjugate_gradient` of a system already on one vector
+    (:func:`_flattened`); ``x`` comes back flat."""
     if not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be a non-negative int, got {iters!r}")
-    matvec, b, unravel = _flattened(matvec, jax.tree.map(jnp.asarray, b))
     x0 = otu.tree_zeros_like(b)
     rs0 = _vdot(b, b)
     tol = jnp.asarray(tol, dtype=rs0.dtype)
@@ -208,7 +217,7 @@ def conjugate_gradient(
         jnp.asarray(0, jnp.int32),
     )
     _, x, _, _, rs, _, n = jax.lax.while_loop(cond, body, init)
-    return CGResult(x=unravel(x), residual_norm=jnp.sqrt(rs), iterations=n)
+    return CGResult(x=x, residual_norm=jnp.sqrt(rs), iterations=n)
 
 
 # ---------------------------------------------------------------------------
@@ -371,7 +380,7 @@ def natural_gradient_step(
       :class:`NaturalStepInfo`.
     """
     fvp, grads, unravel = _flattened(fvp, jax.tree.map(jnp.asarray, grads))
-    cg = conjugate_gradient(fvp, grads, iters=iters, tol=tol)
+    cg = _flat_conjugate_gradient(fvp, grads, iters, tol)
     x = cg.x
     xfx = _vdot(x, fvp(x))
     max_kl = jnp.asarray(max_kl, dtype=xfx.dtype)

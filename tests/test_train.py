@@ -361,18 +361,18 @@ def test_reinforce_seeds_in_one_program_equal_separate_runs():
     start = jax.jit(trainer.init_batch)(KEYS)
     state, metrics = jax.jit(trainer.train_chunk_batch)(start)
     single = jax.jit(trainer.train_chunk)
+
+    def kept(s):
+        """All but the envs' own state, which the next update resets anyway
+        (a seed that finished first stepped on)."""
+        return s.agent, s.env.obs_norm, s.key, s.experience
+
     for i in range(len(KEYS)):
         one, one_metrics = single(jax.tree.map(lambda x, i=i: x[i], start))
         for name, value in one_metrics.items():
             np.testing.assert_allclose(
                 value, metrics[name][i], rtol=1e-4, atol=1e-6, err_msg=name
             )
-
-        # All but the envs' own state, which the next update resets anyway
-        # (a seed that finished first stepped on).
-        def kept(s):
-            return s.agent, s.env.obs_norm, s.key, s.experience
-
         for x, y in zip(
             jax.tree.leaves(kept(one)), jax.tree.leaves(kept(state)), strict=True
         ):
