@@ -169,43 +169,72 @@ def conjugate_gradient(
       frozen).
     """
     flat_matvec, flat_b, unravel = _flattened(matvec, jax.tree.map(jnp.asarray, b))
-    result = _flat_conjugate_gradient(flat_matvec, flat_b, iters, tol)
+    result, _ = _flat_conjugate_gradient(flat_matvec, flat_b, iters, tol)
     return result.replace(x=unravel(result.x))
 
 
 def _flat_conjugate_gradient(
-    matvec: Callable[[Array], Array], b: Array, iters: int, tol: float | Array
-) -> CGResult:
+    matvec: Callable[[Array], Array],
+    b: Array,
+    iters: int,
+    tol: float | Array,
+    with_curvature: bool = False,
+) -> tuple[CGResult, Array | None]:
     """:func:`conjugate_gradient` of a system already on one vector
-    (:func:`_flattened`); ``x`` comes back flat."""
+    (:func:`_flattened`); ``x`` comes back flat.
+
+    With ``with_curvature``, also ``xᵀA·x`` of the returned ``x`` (else None),
+    from one more trip through the loop that applies ``A`` to ``x`` instead of
+    to ``p``: the same exact product as ``vdot(x, matvec(x))`` after the loop,
+    but with a single copy of ``matvec`` in the program. For NPG that copy is
+    a Jacobian-vector product and its transpose over the KL states in blocks,
+    and compiling it a second time cost ~0.5 s (docs/performance.md,
+    "Eleventh session").
+    """
     if not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be a non-negative int, got {iters!r}")
     x0 = otu.tree_zeros_like(b)
     rs0 = _vdot(b, b)
     tol = jnp.asarray(tol, dtype=rs0.dtype)
 
-    # Carry: (k, x, r, p, ‖r‖², done, n_updates).
+    # Carry: (k, x, r, p, ‖r‖², done, n_updates, xᵀAx, measured). `done`: CG
+    # has stopped (tolerance, breakdown or `iters` updates); `measured`: the
+    # trip after that has applied A to x.
     def cond(state):
-        k, _, _, _, _, done, _ = state
-        return jnp.logical_and(k < iters, jnp.logical_not(done))
+        *_, done, _, _, measured = state
+        return jnp.logical_not(measured if with_curvature else done)
 
     def body(state):
-        k, x, r, p, rs, _, n = state
-        ap = matvec(p)
-        pap = _vdot(p, ap)
+        k, x, r, p, rs, done, n, _, _ = state
+        av = matvec(jnp.where(done, x, p))
+        # The trip after CG stopped: av = A·x, measured once.
+        curvature = _vdot(x, av)
+        # Otherwise a CG update with A·p = av.
+        pap = _vdot(p, av)
         curvature_ok = jnp.logical_and(jnp.isfinite(pap), pap > 0)
         alpha = jnp.where(curvature_ok, rs / jnp.where(curvature_ok, pap, 1.0), 0.0)
         x_new = _axpy(alpha, p, x)
-        r_new = _axpy(-alpha, ap, r)
+        r_new = _axpy(-alpha, av, r)
         rs_new = _vdot(r_new, r_new)
         ok = curvature_ok & jnp.isfinite(rs_new) & _all_finite(x_new)
         beta = jnp.where(ok, rs_new / jnp.where(ok, rs, 1.0), 0.0)
         p_new = _axpy(beta, p, r_new)
         # On a breakdown keep the previous iterate and residual, and stop.
-        x, r, p = _select(ok, (x_new, r_new, p_new), (x, r, p))
-        rs = jnp.where(ok, rs_new, rs)
-        done = jnp.logical_or(jnp.logical_not(ok), rs < tol)
-        return k + 1, x, r, p, rs, done, n + ok.astype(jnp.int32)
+        keep = ok & jnp.logical_not(done)
+        x, r, p = _select(keep, (x_new, r_new, p_new), (x, r, p))
+        rs = jnp.where(keep, rs_new, rs)
+        stop = jnp.logical_not(ok) | (rs < tol) | (k + 1 >= iters)
+        return (
+            k + jnp.logical_not(done).astype(jnp.int32),
+            x,
+            r,
+            p,
+            rs,
+            done | stop,
+            n + keep.astype(jnp.int32),
+            curvature,
+            done,
+        )
 
     init = (
         jnp.asarray(0, jnp.int32),
@@ -213,11 +242,14 @@ def _flat_conjugate_gradient(
         b,
         b,
         rs0,
-        rs0 < tol,
+        (rs0 < tol) | (iters == 0),
         jnp.asarray(0, jnp.int32),
+        jnp.zeros((), rs0.dtype),
+        jnp.asarray(False),
     )
-    _, x, _, _, rs, _, n = jax.lax.while_loop(cond, body, init)
-    return CGResult(x=x, residual_norm=jnp.sqrt(rs), iterations=n)
+    _, x, _, _, rs, _, n, curvature, _ = jax.lax.while_loop(cond, body, init)
+    result = CGResult(x=x, residual_norm=jnp.sqrt(rs), iterations=n)
+    return result, (curvature if with_curvature else None)
 
 
 # ---------------------------------------------------------------------------
@@ -380,9 +412,8 @@ def natural_gradient_step(
       :class:`NaturalStepInfo`.
     """
     fvp, grads, unravel = _flattened(fvp, jax.tree.map(jnp.asarray, grads))
-    cg = _flat_conjugate_gradient(fvp, grads, iters, tol)
+    cg, xfx = _flat_conjugate_gradient(fvp, grads, iters, tol, with_curvature=True)
     x = cg.x
-    xfx = _vdot(x, fvp(x))
     max_kl = jnp.asarray(max_kl, dtype=xfx.dtype)
     curvature_ok = jnp.logical_and(jnp.isfinite(xfx), xfx > 0)
     scale = jnp.sqrt(2.0 * max_kl / jnp.where(curvature_ok, xfx, 1.0))

@@ -754,7 +754,10 @@ def run(
         write_json_atomic(run_dir / "config.json", config_to_json(config, sweep))
 
     interrupts = Interrupts(handle_signals)
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgjax-run")
+    # Two workers: the chunk compiles in one while the initial state is
+    # compiled and built in the other (see below); afterwards one call at a
+    # time.
+    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="pgjax-run")
     writer = tensorboard = bar = None
     try:
         with interrupts:
@@ -762,6 +765,17 @@ def run(
             host = _Host.fresh(layout.num_rows)
             resumed_from = None
             compile_start = time.time()
+
+            def compile_training_chunk():
+                # Optimised: it runs hundreds of times (see compile_chunk).
+                return compile_chunk(
+                    trainer.train_chunk_batch,
+                    config.algo,
+                    abstract,
+                    donate_argnums=0,
+                    sharding=parallel.replicated(config.num_envs),
+                )
+
             if resume and checkpointer.latest_step() is not None:
                 state, host_json, resumed_from = checkpointer.restore(abstract)
                 host = _Host.from_json(host_json, layout.num_rows)
@@ -772,7 +786,15 @@ def run(
                         f"seed at its newest checkpoint; give at least that",
                     )
                 checkpointer.delete_after(resumed_from)  # unreadable newer ones
+                chunk_compiled = pool.submit(compile_training_chunk)
             else:
+                # The chunk compiles in a worker while this thread compiles
+                # the (run-once, -O0) initial state's program: a compile
+                # leaves part of the cores idle (its HLO passes and much of
+                # the rest run on one thread), and the other compile fills
+                # them (cold time to the first chunk 0.7 s shorter for A2C
+                # on CartPole; docs/performance.md, "Eleventh session").
+                chunk_compiled = pool.submit(compile_training_chunk)
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
                 state = _wait(pool, compile_init(traced_init), keys, hyper)
             if resume:
@@ -787,20 +809,9 @@ def run(
                 write_json_atomic(
                     run_dir / "config.json", config_to_json(config, sweep)
                 )
-            # Compile the chunk (optimised: it runs hundreds of times; see
-            # compile_chunk). The evaluation compiles after training, so
-            # that training starts sooner (and an interrupted run never builds
-            # it).
-            chunk_fn = _wait(
-                pool,
-                lambda: compile_chunk(
-                    trainer.train_chunk_batch,
-                    config.algo,
-                    abstract,
-                    donate_argnums=0,
-                    sharding=parallel.replicated(config.num_envs),
-                ),
-            )
+            # The evaluation compiles after training, so that training starts
+            # sooner (and an interrupted run never builds it).
+            chunk_fn = chunk_compiled.result()
             # On a multi-core CPU the chunk splits the envs across the cores
             # and takes its state whole on each (pgjax.parallel).
             state = parallel.place(state, config.num_envs)

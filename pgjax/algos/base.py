@@ -379,15 +379,31 @@ def fit_critic(
         # (two sorts each, ~1.5 % of an NPG update at 4096 envs). Relative to
         # the first, each later epoch's order is then a uniform permutation, as
         # when all shuffle. Each device shuffles its own envs with its own key.
-        def shuffled_epoch(carry, epoch_key):
+        def any_epoch(carry, epoch_input):
+            index, epoch_key = epoch_input
             epoch_key = jax.random.fold_in(epoch_key, parallel.shard_index(sharded))
-            return epoch(carry, jax.random.permutation(epoch_key, local_envs))
-
-        carry, (step_losses, step_norms) = epoch((params, opt_state), None)
-        if epochs > 1:
-            carry, _ = jax.lax.scan(
-                shuffled_epoch, carry, jax.random.split(key, epochs - 1)
+            # One scan over all epochs, the first one's order picked by a
+            # branch: the minibatch step (a blocked gradient and an Adam
+            # step) is then compiled once, not once for the first epoch and
+            # again for the others (~0.3 s of NPG's chunk compile;
+            # docs/performance.md, "Eleventh session").
+            order = jax.lax.cond(
+                index == 0,
+                lambda: jnp.arange(local_envs),
+                lambda: jax.random.permutation(epoch_key, local_envs),
             )
+            return epoch(carry, order)
+
+        if epochs == 1:
+            carry, (step_losses, step_norms) = epoch((params, opt_state), None)
+        else:
+            # Epoch 0's key is unused; epochs 1.. get split(key, epochs - 1).
+            keys = jax.random.split(key, epochs - 1)
+            keys = jnp.concatenate([keys[:1], keys])
+            carry, (step_losses, step_norms) = jax.lax.scan(
+                any_epoch, (params, opt_state), (jnp.arange(epochs), keys)
+            )
+            step_losses, step_norms = step_losses[0], step_norms[0]
         params, opt_state = carry
         return params, opt_state, step_losses[0], step_norms[0]
 
