@@ -241,6 +241,29 @@ def test_fit_critic_single_epoch_takes_env_groups_in_order():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fit_critic_traces_its_minibatch_step_once():
+    # All epochs run in one scan (the first one's order picked by a branch),
+    # so the step's loss, gradient and Adam step appear once in the program,
+    # however many epochs there are.
+    params, data, loss_fn = _regression_problem()
+    traced = []
+
+    def counted_loss(p, block):
+        traced.append(1)
+        return loss_fn(p, block)
+
+    for epochs in (1, 3):
+        traced.clear()
+        jax.make_jaxpr(
+            lambda p, d, e=epochs: base.fit_critic(
+                counted_loss, p, base.ADAM.init(p), d, jax.random.PRNGKey(0),
+                jnp.asarray(0.05), jnp.asarray(0.5), epochs=e, minibatches=4,
+                block_rows=0,
+            )
+        )(params, data)  # fmt: skip
+        assert len(traced) == 1, epochs
+
+
 def test_valid_rows_lists_the_valid_flat_rows_first():
     valid = jnp.array([[True, False, True], [False, True, False]])
     index, count = base.valid_rows(valid)

@@ -656,3 +656,37 @@ def test_natural_step_positive_curvature_is_valid():
     assert float(info.xfx) == pytest.approx(gg / 2.0, rel=1e-6)
     assert float(info.expected_improvement) == pytest.approx(scale * gg, rel=1e-6)
     assert int(info.cg_iterations) == 1
+
+
+@pytest.mark.parametrize("iters", [0, 1, 3, 10])
+def test_natural_step_curvature_is_that_of_the_returned_x(iters, x64):
+    # xᵀFx comes from one more trip through CG's loop (the product applied
+    # to x instead of p): it must equal the product computed afresh, for an
+    # early stop (iters 1, 3), none (0: x = 0) and convergence (10 > n = 6),
+    # and the operator must appear once in the program.
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(6, 6))
+    a = jnp.asarray(m @ m.T + 0.5 * np.eye(6))
+    grads = {"w": jnp.asarray(rng.normal(size=(2, 2))), "b": jnp.asarray([1.0, -2.0])}
+    traced = []
+
+    def fvp(v):
+        traced.append(1)
+        flat, unravel = ravel_pytree(v)
+        return unravel(a @ flat)
+
+    step, info = jax.jit(
+        lambda g: natural.natural_gradient_step(g, fvp, max_kl=1e-2, iters=iters)
+    )(grads)
+    assert len(traced) == 1
+    cg = natural.conjugate_gradient(fvp, grads, iters=iters)
+    assert int(info.cg_iterations) == int(cg.iterations) == min(iters, 6)
+    x = ravel_pytree(cg.x)[0]
+    np.testing.assert_allclose(float(info.xfx), float(x @ a @ x), rtol=1e-10)
+    s = ravel_pytree(step)[0]
+    if iters == 0:
+        assert not bool(info.valid)
+        np.testing.assert_array_equal(s, 0.0)
+    else:
+        # ½·sᵀFs = δ exactly for the x found.
+        np.testing.assert_allclose(0.5 * float(s @ a @ s), 1e-2, rtol=1e-10)
