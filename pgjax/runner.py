@@ -71,7 +71,12 @@ import numpy as np
 
 from pgjax import parallel, plotting
 from pgjax.checkpoints import Checkpointer, CheckpointError
-from pgjax.compilation import compile_chunk, compile_once, compile_traced_once
+from pgjax.compilation import (
+    compile_lowered_chunk,
+    compile_once,
+    compile_traced_once,
+    lower_chunk,
+)
 from pgjax.config import (
     SWEEPABLE,
     Hyperparams,
@@ -767,14 +772,16 @@ def run(
             compile_start = time.time()
 
             def compile_training_chunk():
-                # Optimised: it runs hundreds of times (see compile_chunk).
-                return compile_chunk(
+                # Lowered here (Python, holding the GIL) before the initial
+                # state's program is lowered; compiled in a worker (no GIL),
+                # optimised: it runs hundreds of times (see compile_chunk).
+                lowered = lower_chunk(
                     trainer.train_chunk_batch,
-                    config.algo,
                     abstract,
                     donate_argnums=0,
                     sharding=parallel.replicated(config.num_envs),
                 )
+                return pool.submit(compile_lowered_chunk, lowered, config.algo)
 
             if resume and checkpointer.latest_step() is not None:
                 state, host_json, resumed_from = checkpointer.restore(abstract)
@@ -786,7 +793,7 @@ def run(
                         f"seed at its newest checkpoint; give at least that",
                     )
                 checkpointer.delete_after(resumed_from)  # unreadable newer ones
-                chunk_compiled = pool.submit(compile_training_chunk)
+                chunk_compiled = compile_training_chunk()
             else:
                 # The chunk compiles in a worker while this thread compiles
                 # the (run-once, -O0) initial state's program: a compile
@@ -794,7 +801,7 @@ def run(
                 # the rest run on one thread), and the other compile fills
                 # them (cold time to the first chunk 0.7 s shorter for A2C
                 # on CartPole; docs/performance.md, "Eleventh session").
-                chunk_compiled = pool.submit(compile_training_chunk)
+                chunk_compiled = compile_training_chunk()
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
                 state = _wait(pool, compile_init(traced_init), keys, hyper)
             if resume:

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -395,3 +396,27 @@ def test_resume_may_change_the_cpu_device_count():
     runner.check_resumable(saved, {}, dataclasses.replace(saved, cpu_devices=1), {})
     with pytest.raises(runner.RunFolderError, match="--num-envs"):
         runner.check_resumable(saved, {}, dataclasses.replace(saved, num_envs=32), {})
+
+
+def test_the_chunk_compiles_while_the_initial_state_compiles(tmp_path, monkeypatch):
+    # A fresh run hands the chunk's compile to a worker before it compiles
+    # the initial state's program in this thread, so the two overlap (the
+    # initial state's compile waits here until the chunk's has started; run
+    # one after the other, the wait would time out).
+    chunk_started = threading.Event()
+    overlapped = []
+    compile_chunk, compile_init = runner.compile_lowered_chunk, runner.compile_init
+
+    def spy_chunk(lowered, algo):
+        chunk_started.set()
+        return compile_chunk(lowered, algo)
+
+    def spy_init(traced):
+        overlapped.append(chunk_started.wait(timeout=60))
+        return compile_init(traced)
+
+    monkeypatch.setattr(runner, "compile_lowered_chunk", spy_chunk)
+    monkeypatch.setattr(runner, "compile_init", spy_init)
+    result = train(dataclasses.replace(PLAIN, total_timesteps=1024), tmp_path / "r")
+    assert overlapped == [True]
+    assert result.summary["total_timesteps"] >= 1024
