@@ -6,8 +6,8 @@ spends seconds on each. A compile keeps both cores busy only part of the
 time (its HLO passes run on one thread), so the runner compiles the initial
 state's program while the chunk compiles (:func:`lower_chunk` in the main
 thread, then :func:`compile_lowered_chunk` in a worker): A2C on CartPole
-reached its first chunk 0.7 s sooner from an empty cache
-(docs/performance.md, "Eleventh session"). And:
+finished its first chunk 1.2 s sooner from an empty cache (median of 6
+rounds; docs/performance.md, "Eleventh session"). And:
 
 * :func:`compile_once` builds the run-once programs at XLA backend optimisation
   level 0, which halves their compile time (init 3.2 → 1.7 s, evaluation

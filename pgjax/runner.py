@@ -797,10 +797,10 @@ def run(
             else:
                 # The chunk compiles in a worker while this thread compiles
                 # the (run-once, -O0) initial state's program: a compile
-                # leaves part of the cores idle (its HLO passes and much of
-                # the rest run on one thread), and the other compile fills
-                # them (cold time to the first chunk 0.7 s shorter for A2C
-                # on CartPole; docs/performance.md, "Eleventh session").
+                # leaves part of the cores idle (its HLO passes run on one
+                # thread), and the other compile fills them (A2C on CartPole
+                # finished its first chunk 1.2 s sooner from an empty cache;
+                # docs/performance.md, "Eleventh session").
                 chunk_compiled = compile_training_chunk()
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
                 state = _wait(pool, compile_init(traced_init), keys, hyper)

@@ -385,8 +385,9 @@ def fit_critic(
             # One scan over all epochs, the first one's order picked by a
             # branch: the minibatch step (a blocked gradient and an Adam
             # step) is then compiled once, not once for the first epoch and
-            # again for the others (~0.3 s of NPG's chunk compile;
-            # docs/performance.md, "Eleventh session").
+            # again for the others (with CG's single Fisher product, 16 %
+            # fewer fused kernels in NPG's chunk; docs/performance.md,
+            # "Eleventh session").
             order = jax.lax.cond(
                 index == 0,
                 lambda: jnp.arange(local_envs),
