@@ -759,9 +759,9 @@ def run(
         write_json_atomic(run_dir / "config.json", config_to_json(config, sweep))
 
     interrupts = Interrupts(handle_signals)
-    # Two workers: the chunk compiles in one while the initial state is
-    # compiled and built in the other (see below); afterwards one call at a
-    # time.
+    # Two workers: the chunk compiles in one while the initial state's
+    # program (compiled in this thread) runs in the other (see below);
+    # afterwards one call at a time.
     pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="pgjax-run")
     writer = tensorboard = bar = None
     try:
