@@ -198,7 +198,7 @@ def _flat_conjugate_gradient(
     rs0 = _vdot(b, b)
     tol = jnp.asarray(tol, dtype=rs0.dtype)
 
-    # Carry: (k, x, r, p, ‖r‖², done, n_updates, xᵀAx, measured). `done`: CG
+    # Carry: (x, r, p, ‖r‖², done, n_updates, xᵀAx, measured). `done`: CG
     # has stopped (tolerance, breakdown or `iters` updates); `measured`: the
     # trip after that has applied A to x.
     def cond(state):
@@ -206,7 +206,7 @@ def _flat_conjugate_gradient(
         return jnp.logical_not(measured if with_curvature else done)
 
     def body(state):
-        k, x, r, p, rs, done, n, _, _ = state
+        x, r, p, rs, done, n, _, _ = state
         av = matvec(jnp.where(done, x, p))
         # The trip after CG stopped: av = A·x, measured once.
         curvature = _vdot(x, av)
@@ -224,21 +224,11 @@ def _flat_conjugate_gradient(
         keep = ok & jnp.logical_not(done)
         x, r, p = _select(keep, (x_new, r_new, p_new), (x, r, p))
         rs = jnp.where(keep, rs_new, rs)
-        stop = jnp.logical_not(ok) | (rs < tol) | (k + 1 >= iters)
-        return (
-            k + jnp.logical_not(done).astype(jnp.int32),
-            x,
-            r,
-            p,
-            rs,
-            done | stop,
-            n + keep.astype(jnp.int32),
-            curvature,
-            done,
-        )
+        n = n + keep.astype(jnp.int32)
+        stop = jnp.logical_not(ok) | (rs < tol) | (n >= iters)
+        return x, r, p, rs, done | stop, n, curvature, done
 
     init = (
-        jnp.asarray(0, jnp.int32),
         x0,
         b,
         b,
@@ -248,7 +238,7 @@ def _flat_conjugate_gradient(
         jnp.zeros((), rs0.dtype),
         jnp.asarray(False),
     )
-    _, x, _, _, rs, _, n, curvature, _ = jax.lax.while_loop(cond, body, init)
+    x, _, _, rs, _, n, curvature, _ = jax.lax.while_loop(cond, body, init)
     result = CGResult(x=x, residual_norm=jnp.sqrt(rs), iterations=n)
     return result, (curvature if with_curvature else None)
 

@@ -381,7 +381,6 @@ def fit_critic(
         # when all shuffle. Each device shuffles its own envs with its own key.
         def any_epoch(carry, epoch_input):
             index, epoch_key = epoch_input
-            epoch_key = jax.random.fold_in(epoch_key, parallel.shard_index(sharded))
             # One scan over all epochs, the first one's order picked by a
             # branch: the minibatch step (a blocked gradient and an Adam
             # step) is then compiled once, not once for the first epoch and
@@ -391,7 +390,10 @@ def fit_critic(
             order = jax.lax.cond(
                 index == 0,
                 lambda: jnp.arange(local_envs),
-                lambda: jax.random.permutation(epoch_key, local_envs),
+                lambda: jax.random.permutation(
+                    jax.random.fold_in(epoch_key, parallel.shard_index(sharded)),
+                    local_envs,
+                ),
             )
             return epoch(carry, order)
 
