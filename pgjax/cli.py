@@ -229,14 +229,41 @@ def _cpu_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_device_count(args: argparse.Namespace) -> int | None:
+    """The CPU devices to give the run: ``--cpu-devices`` (or a resumed run's
+    saved value); for 0, one per core (None) if splitting the envs pays for
+    the run's algorithm and batch (:func:`pgjax.parallel.split_pays`), else 1."""
+    from pgjax import parallel
+
+    count = _cpu_devices(args)
+    if count > 0:
+        return count
+    algo, num_envs, num_steps = _run_shape(args)
+    return None if parallel.split_pays(algo, num_envs, num_steps) else 1
+
+
+def _run_shape(args: argparse.Namespace) -> tuple[str, int, int]:
+    """``(algo, num_envs, num_steps)`` of the run to start or resume, without
+    starting JAX (bad values are reported later, by the config's checks)."""
+    if args.resume and args.run_dir is not None:
+        try:
+            saved = json.loads((Path(args.run_dir) / "config.json").read_text())
+            return str(saved["algo"]), int(saved["num_envs"]), int(saved["num_steps"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # the resume reports what is wrong with the folder
+    config = resolve_config(args)
+    return config.algo, config.num_envs, config.num_steps
+
+
 def _train_main(argv: list[str] | None, start_time: float) -> int:
     args = build_parser().parse_args(argv)
     # Before JAX starts its backends (importing pgjax.runner does, through
-    # gymnax): one CPU device per core, to split the envs across
-    # (pgjax.parallel). No-op on accelerators.
+    # gymnax): one CPU device per core to split the envs across
+    # (pgjax.parallel), or one device for a batch too small to gain from
+    # the split. No-op on accelerators.
     from pgjax import parallel
 
-    parallel.use_cpu_cores(max(_cpu_devices(args), 0) or None)
+    parallel.use_cpu_cores(_cpu_device_count(args))
     if args.resume:
         if args.run_dir is None:
             return fail("--resume: needs --run-dir, the run folder to continue")

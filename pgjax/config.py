@@ -119,8 +119,10 @@ class TrainConfig:
     cpu_devices: int = _field(
         0,
         "CPU devices (cores) the envs are split across, each running the "
-        "rollout and the update's passes on its share (0 = one per core; 1 = no "
-        "split). Set by train.py and benchmark.py before JAX starts; "
+        "rollout and the update's passes on its share (0 = auto: one per core "
+        "when the split pays for the algorithm and batch, else 1; 1 = no "
+        "split). Set by train.py (and benchmark.py, where 0 = one per core) "
+        "before JAX starts; "
         "XLA_FLAGS' or JAX_NUM_CPU_DEVICES' count wins; ignored on "
         "accelerators. The split decides which envs share a critic minibatch, "
         "so results differ across counts (not in law)",
@@ -273,7 +275,7 @@ def validate(config: TrainConfig) -> None:
     need(config.seed >= 0, "seed", "a non-negative integer")
     need(config.updates_per_chunk >= 0, "updates_per_chunk", ">= 0 (0 = automatic)")
     need(config.block_rows >= -1, "block_rows", ">= -1 (-1 = auto)")
-    need(config.cpu_devices >= 0, "cpu_devices", ">= 0 (0 = one per core)")
+    need(config.cpu_devices >= 0, "cpu_devices", ">= 0 (0 = auto)")
     need(config.checkpoint_every >= -1, "checkpoint_every", ">= -1 (0 = automatic)")
     need(config.keep_checkpoints > 0, "keep_checkpoints", "a positive integer")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")

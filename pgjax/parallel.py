@@ -22,6 +22,11 @@ split and the programs are those of one device. A critic fit in ``M``
 minibatches is split only when the devices also divide ``N / M`` (otherwise it
 runs whole, correct but slower).
 
+The devices synchronise at every rollout step and every all-reduce, which
+costs more than the split saves on small batches: :func:`split_pays` says,
+from measurements on 2 cores, where it pays, and ``train.py --cpu-devices 0``
+keeps one device elsewhere.
+
 Seeds (and sweep rows) are a different parallelism: a ``vmap`` over the
 trainer's state, named :data:`SEEDS` (``Trainer.train_chunk_batch``), so that
 loops with a data-dependent end can stop for all seeds at once
@@ -103,6 +108,32 @@ def use_cpu_cores(count: int | None = None) -> bool:
     except RuntimeError:  # backends already initialised
         return False
     return True
+
+
+#: The fewest rows per update (``num_envs × num_steps``) at which splitting
+#: the envs across a 2-core CPU's devices made a fixed-length algorithm's
+#: chunk faster. Below, the devices' synchronisation (at every rollout step
+#: and every all-reduce) cost more than the halved work: A2C ran 1.6× faster
+#: on one device at 1024 envs × 4 steps and 1.46× at 64 × 64, but 1.28× slower
+#: at 4096 × 16. NPG and TRPO, with more work per row (the critic's epochs,
+#: CG), ran 1.17–1.5× faster split at every size measured, down to 256 × 32
+#: (docs/performance.md, "Twelfth session").
+MIN_ROWS_TO_SPLIT = {"a2c": 65536, "npg": 0, "trpo": 0}
+#: REINFORCE runs episodes in a loop whose every step waits for both devices:
+#: one device was 3.7× faster at 64 envs and 1.2× at 4096, the split 1.19×
+#: faster at 8192. It splits from this many envs.
+MIN_ENVS_TO_SPLIT_EPISODES = 8192
+
+
+def split_pays(algo: str, num_envs: int, num_steps: int) -> bool:
+    """Whether ``algo``'s training with ``num_envs`` envs (× ``num_steps``
+    rollout steps per update, for the fixed-length algorithms) runs faster
+    with its envs split across a CPU's cores than on one device (see
+    :data:`MIN_ROWS_TO_SPLIT`). train.py gives the run one CPU device when
+    it does not (its ``--cpu-devices 0``)."""
+    if algo == "reinforce":
+        return num_envs >= MIN_ENVS_TO_SPLIT_EPISODES
+    return num_envs * num_steps >= MIN_ROWS_TO_SPLIT.get(algo, 0)
 
 
 @functools.cache

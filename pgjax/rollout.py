@@ -121,10 +121,13 @@ def collect_steps(
     """
     norm = _normalizer(env_state, normalize_obs)
     num_envs = env_state.obs.shape[0]
-    act_key, env_key = jax.random.split(key)
-    # Every env's step and reset keys for the whole rollout in one threefry
-    # call, instead of one split per step (plus gymnax's own per env).
-    env_keys = jax.random.split(env_key, (num_steps, 2, num_envs))
+    # Every key of the rollout in one threefry call: per step the action key
+    # and every env's step and reset keys (instead of one split per step, plus
+    # gymnax's own per env). Each call site is its own loop of hash rounds in
+    # the compiled program, so one call also compiles faster than three.
+    keys = jax.random.split(key, (num_steps, 1 + 2 * num_envs))
+    act_keys = keys[:, 0]
+    env_keys = keys[:, 1:].reshape(num_steps, 2, num_envs, *keys.shape[2:])
 
     def one_step(state: EnvBatchState, keys: tuple[Array, Array]):
         step_act_key, step_env_keys = keys
@@ -139,7 +142,7 @@ def collect_steps(
         return next_state, (transition, state.obs)
 
     final_state, (batch, raw_obs) = jax.lax.scan(
-        one_step, env_state, (jax.random.split(act_key, num_steps), env_keys)
+        one_step, env_state, (act_keys, env_keys)
     )
     final_state = _update_obs_norm(final_state, raw_obs, batch.valid, normalize_obs)
     return final_state, batch

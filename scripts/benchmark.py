@@ -279,6 +279,10 @@ def bench_algorithm(
         "num_envs": config.num_envs,
         "num_steps": config.num_steps,
         "num_seeds": config.num_seeds,
+        # The devices this measurement split the envs across, and those
+        # train.py would (its --cpu-devices 0 splits only where that pays).
+        "env_shards": parallel.env_shards(config.num_envs),
+        "train_py_env_shards": train_py_env_shards(config),
         "steps_per_second": steps / seconds,
         "compile_seconds": compile_s,
         "memory_bytes": memory_bytes(executable),
@@ -289,6 +293,15 @@ def bench_algorithm(
         **({"learn_phase_seconds_per_update": phases} if phases else {}),
         **paired,
     }
+
+
+def train_py_env_shards(config) -> int:
+    """The devices train.py would split ``config``'s envs across (with its
+    ``--cpu-devices 0``, see :func:`parallel.split_pays`), given as many
+    devices as this process has."""
+    if parallel.split_pays(config.algo, config.num_envs, config.num_steps):
+        return parallel.env_shards(config.num_envs)
+    return 1
 
 
 def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
@@ -441,8 +454,9 @@ def main(argv=None) -> int:
         "--cpu-devices",
         type=int,
         default=0,
-        help="CPU devices to split the envs across, as train.py's flag "
-        "(0 = one per core; 1 = no split)",
+        help="CPU devices to split the envs across in this process's "
+        "measurements (0 = one per core; 1 = no split); passed on to the solve "
+        "section's train.py runs, where 0 lets train.py choose",
     )
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
@@ -510,6 +524,12 @@ def main(argv=None) -> int:
                 + (
                     f", {result['ratio_to_reference']:.2f}x reference"
                     if "ratio_to_reference" in result
+                    else ""
+                )
+                + (
+                    f" (on {result['env_shards']} devices; train.py runs it on "
+                    f"{result['train_py_env_shards']}: see --cpu-devices)"
+                    if result["env_shards"] != result["train_py_env_shards"]
                     else ""
                 )
             )

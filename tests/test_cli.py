@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, run_main
 
-from pgjax import cli, presets
+from pgjax import cli, presets, runner
+from pgjax.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "train.py"
@@ -180,9 +180,39 @@ def test_a2c_smoke_summary(a2c_run):
     assert summary["steps_per_second"] > 0
     assert 0 < summary["compile_seconds"] < summary["wall_seconds"]
     assert summary["eval_return"] >= 1.0  # CartPole pays 1 per step
-    # train.py splits the envs across the cores by default (pgjax.parallel).
-    cores = len(os.sched_getaffinity(0))
-    assert summary["env_shards"] == (cores if cores > 1 and 64 % cores == 0 else 1)
+    # An A2C batch of 64 × 8 runs faster on one device than split across the
+    # cores, and train.py's --cpu-devices 0 knows it (parallel.split_pays).
+    assert summary["env_shards"] == 1
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--algo", "a2c"], 1),  # the preset: 1024 envs × 4 steps
+        (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "16"], None),
+        (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "8"], 1),
+        (["--algo", "npg"], None),  # the natural methods gain at every size
+        (["--algo", "trpo", "--num-envs", "8"], None),
+        (["--algo", "reinforce"], 1),
+        (["--algo", "reinforce", "--num-envs", "4096"], 1),
+        (["--algo", "reinforce", "--num-envs", "8192"], None),
+        (["--algo", "a2c", "--num-envs", "4096", "--cpu-devices", "1"], 1),
+        (["--algo", "a2c", "--cpu-devices", "2"], 2),
+    ],
+)
+def test_cpu_devices_0_splits_where_the_split_pays(flags, expected):
+    args = cli.build_parser().parse_args(flags)
+    assert cli._cpu_device_count(args) == expected
+
+
+def test_a_resumed_run_keeps_the_device_choice_of_its_saved_shape(tmp_path):
+    saved = runner.config_to_json(TrainConfig(algo="a2c", num_envs=8192, num_steps=16))
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    args = cli.build_parser().parse_args(["--resume", "--run-dir", str(tmp_path)])
+    assert cli._cpu_device_count(args) is None  # split: 8192 × 16 rows
+    saved.update(num_envs=64)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert cli._cpu_device_count(args) == 1
 
 
 def test_cpu_devices_1_runs_on_one_device_and_resume_keeps_it(tmp_path):

@@ -107,6 +107,29 @@ def test_collect_steps_continues_where_it_left_off():
     np.testing.assert_array_equal(batch2.obs[0], state1.obs)
 
 
+def test_collect_steps_draws_all_its_keys_in_one_split():
+    # Each random call site compiles into its own loop of threefry rounds; the
+    # rollout's keys come from one (the policy's sampling and the envs' reset
+    # draws inside the scan are sites of their own).
+    spec = envs.make_env("CartPole-v1")
+    state = envs.reset(spec, jax.random.PRNGKey(0), 3)
+
+    def act_fn(obs, key):
+        action, _ = random_act_fn(spec)(obs, key)
+        # The step's key, seen through a draw of it: one per step, all envs.
+        return action, jnp.broadcast_to(jax.random.uniform(key), action.shape)
+
+    def run(s, k):
+        return rollout.collect_steps(spec, act_fn, s, k, 6)
+
+    top_level = jax.make_jaxpr(run)(state, jax.random.PRNGKey(1)).eqns
+    assert [e.primitive.name for e in top_level].count("random_split") == 1
+    _, batch = jax.jit(run)(state, jax.random.PRNGKey(1))
+    draws = np.asarray(batch.log_prob)
+    assert len(np.unique(draws[:, 0])) == 6  # a fresh key at every step
+    np.testing.assert_array_equal(draws, np.broadcast_to(draws[:, :1], draws.shape))
+
+
 def _split_episodes(done_column):
     """Index ranges ``[start, stop)`` of the episodes in one env's column."""
     ranges, start = [], 0
