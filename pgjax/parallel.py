@@ -112,17 +112,18 @@ def use_cpu_cores(count: int | None = None) -> bool:
 
 #: The fewest rows per update (``num_envs × num_steps``) at which splitting
 #: the envs across a 2-core CPU's devices made a fixed-length algorithm's
-#: chunk faster. Below, the devices' synchronisation (at every rollout step
-#: and every all-reduce) cost more than the halved work: A2C ran 1.6× faster
-#: on one device at 1024 envs × 4 steps and 1.46× at 64 × 64, but 1.28× slower
-#: at 4096 × 16. NPG and TRPO, with more work per row (the critic's epochs,
-#: CG), ran 1.17–1.5× faster split at every size measured, down to 256 × 32
+#: ``train.py`` run faster. Below, the devices' synchronisation (at every
+#: rollout step and every all-reduce) cost more than the halved work saved:
+#: A2C's training ran 1.24× faster on one device at 1024 envs × 4 steps, the
+#: same at 8192 rows, 1.18× faster split at 16384 and 1.49× at 4096 × 16.
+#: NPG and TRPO, with more work per row (the critic's epochs, CG), ran 1.06×
+#: faster on one device at 64 × 32 and 1.2–1.4× faster split from 128 × 32
 #: (docs/performance.md, "Twelfth session").
-MIN_ROWS_TO_SPLIT = {"a2c": 65536, "npg": 0, "trpo": 0}
+MIN_ROWS_TO_SPLIT = {"a2c": 16384, "npg": 4096, "trpo": 4096}
 #: REINFORCE runs episodes in a loop whose every step waits for both devices:
-#: one device was 3.7× faster at 64 envs and 1.2× at 4096, the split 1.19×
-#: faster at 8192. It splits from this many envs.
-MIN_ENVS_TO_SPLIT_EPISODES = 8192
+#: one device was 2× faster at 64 envs and as fast at 512, the split 1.38×
+#: faster at 1024 and 1.2× at 2048 and 4096. It splits from this many envs.
+MIN_ENVS_TO_SPLIT_EPISODES = 1024
 
 
 def split_pays(algo: str, num_envs: int, num_steps: int) -> bool:

@@ -189,13 +189,16 @@ def test_a2c_smoke_summary(a2c_run):
     "flags, expected",
     [
         (["--algo", "a2c"], 1),  # the preset: 1024 envs × 4 steps
+        (["--algo", "a2c", "--num-envs", "2048"], 1),  # 8192 rows
+        (["--algo", "a2c", "--num-envs", "4096"], None),  # 16384 rows
         (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "16"], None),
-        (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "8"], 1),
-        (["--algo", "npg"], None),  # the natural methods gain at every size
-        (["--algo", "trpo", "--num-envs", "8"], None),
-        (["--algo", "reinforce"], 1),
-        (["--algo", "reinforce", "--num-envs", "4096"], 1),
-        (["--algo", "reinforce", "--num-envs", "8192"], None),
+        (["--algo", "npg"], None),  # the preset: 256 envs × 32 steps
+        (["--algo", "npg", "--num-envs", "64"], 1),
+        (["--algo", "trpo", "--num-envs", "128"], None),
+        (["--algo", "trpo", "--num-envs", "8"], 1),
+        (["--algo", "reinforce"], 1),  # the preset: 64 envs
+        (["--algo", "reinforce", "--num-envs", "512"], 1),
+        (["--algo", "reinforce", "--num-envs", "1024"], None),
         (["--algo", "a2c", "--num-envs", "4096", "--cpu-devices", "1"], 1),
         (["--algo", "a2c", "--cpu-devices", "2"], 2),
     ],
