@@ -265,11 +265,6 @@ def mean_over_shards(x: Any, sharded: bool) -> Any:
     return jax.tree.map(lambda v: jax.lax.pmean(v, AXIS), x)
 
 
-def shard_index(sharded: bool) -> jax.Array | int:
-    """This device's index along :data:`AXIS` (0 when not ``sharded``)."""
-    return jax.lax.axis_index(AXIS) if sharded else 0
-
-
 __all__ = [
     "AXIS",
     "REPLICATED",
@@ -284,7 +279,6 @@ __all__ = [
     "place",
     "replicate",
     "replicated",
-    "shard_index",
     "split_envs",
     "use_cpu_cores",
 ]

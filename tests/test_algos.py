@@ -167,20 +167,21 @@ def _env_groups(orders, minibatches):
 
 
 def _epoch_orders(key, epochs, envs, minibatches):
-    """Each epoch's per-device env orders: in order first, then each device
-    shuffles its share with the epoch's key folded with its index."""
+    """Each epoch's per-device env orders: in order first, then each env
+    gets two random uint32 per later epoch (``bits(key, (epochs - 1, N, 2))``)
+    and each device takes its own envs in the order of theirs."""
     shards = parallel.env_shards(envs // minibatches)
     local = envs // shards
     orders = [[np.arange(local)] * shards]
-    for epoch_key in jax.random.split(key, epochs - 1) if epochs > 1 else []:
-        orders.append(
-            [
-                np.asarray(
-                    jax.random.permutation(jax.random.fold_in(epoch_key, d), local)
-                )
-                for d in range(shards)
-            ]
-        )
+    if epochs > 1:
+        bits = np.asarray(jax.random.bits(key, (epochs - 1, envs, 2)))
+        for epoch_bits in bits:
+            orders.append(
+                [
+                    np.lexsort((share[:, 1], share[:, 0]))
+                    for share in np.split(epoch_bits, shards)
+                ]
+            )
     return orders
 
 

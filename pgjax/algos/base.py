@@ -317,17 +317,19 @@ def fit_critic(
     Each epoch splits the envs into ``minibatches`` equal groups; a minibatch
     is all ``T`` steps of one group. The first epoch takes the envs in order
     (they are exchangeable, so that is already a random split), each later one
-    shuffles them first (shuffling ``N`` envs costs ~1/20 of shuffling ``T·N``
-    rows, a sort on a CPU). Targets are fixed before the fit, so one epoch of ``M``
-    minibatches costs the FLOPs of one full-batch step but moves the critic
-    ``M`` times.
+    shuffles them first (a sort of ``N`` envs by random keys, ~1/20 of the cost
+    of shuffling ``T·N`` rows on a CPU). Targets are fixed before the fit, so
+    one epoch of ``M`` minibatches costs the FLOPs of one full-batch step but
+    moves the critic ``M`` times.
 
     Args:
       loss_fn: ``(params, block) → mean loss`` of a block whose leaves are
         ``[rows, ...]`` (e.g. ``(obs, targets)``).
       params, opt_state: the critic's parameters and Adam state.
       data: pytree of ``[T, N, ...]`` leaves (observations, targets, ...).
-      key: shuffles the envs of the epochs after the first (unused for one).
+      key: shuffles the envs of the epochs after the first (unused for one):
+        each env gets 64 random bits per such epoch and the epoch takes the
+        envs in the order of their bits.
       lr, max_grad_norm: the step size and each step's gradient-norm clip.
       epochs, minibatches: static counts; ``minibatches`` divides ``N``.
       block_rows: cache-sized blocks inside a minibatch (:func:`blocked_grad`).
@@ -343,7 +345,7 @@ def fit_critic(
     # devices' gradients: every device takes the same steps.
     sharded = parallel.env_mesh(envs // minibatches) is not None
 
-    def fit(params, opt_state, data, key, lr, max_grad_norm):
+    def fit(params, opt_state, data, sort_keys, lr, max_grad_norm):
         local_envs = jax.tree.leaves(data)[0].shape[1]
         count = num_blocks(time * local_envs // minibatches, block_rows)
 
@@ -375,12 +377,11 @@ def fit_critic(
 
         # The envs are exchangeable (independent resets, none chosen by its
         # index), so groups of consecutive envs are already random minibatches:
-        # the first epoch takes them in order, and only the later ones shuffle
-        # (two sorts each, ~1.5 % of an NPG update at 4096 envs). Relative to
-        # the first, each later epoch's order is then a uniform permutation, as
-        # when all shuffle. Each device shuffles its own envs with its own key.
+        # the first epoch takes them in order, and only the later ones shuffle.
+        # Relative to the first, each later epoch's order is then a uniform
+        # permutation, as when all shuffle.
         def any_epoch(carry, epoch_input):
-            index, epoch_key = epoch_input
+            index, epoch_sort_keys = epoch_input
             # One scan over all epochs, the first one's order picked by a
             # branch: the minibatch step (a blocked gradient and an Adam
             # step) is then compiled once, not once for the first epoch and
@@ -390,34 +391,48 @@ def fit_critic(
             order = jax.lax.cond(
                 index == 0,
                 lambda: jnp.arange(local_envs),
-                lambda: jax.random.permutation(
-                    jax.random.fold_in(epoch_key, parallel.shard_index(sharded)),
-                    local_envs,
-                ),
+                lambda: _order_of(epoch_sort_keys),
             )
             return epoch(carry, order)
 
         if epochs == 1:
             carry, (step_losses, step_norms) = epoch((params, opt_state), None)
         else:
-            # Epoch 0's key is unused; epochs 1.. get split(key, epochs - 1).
-            keys = jax.random.split(key, epochs - 1)
-            keys = jnp.concatenate([keys[:1], keys])
+            # Epoch 0 takes the envs in order: its sort keys are unused.
+            sort_keys = jnp.concatenate([sort_keys[:1], sort_keys])
             carry, (step_losses, step_norms) = jax.lax.scan(
-                any_epoch, (params, opt_state), (jnp.arange(epochs), keys)
+                any_epoch, (params, opt_state), (jnp.arange(epochs), sort_keys)
             )
             step_losses, step_norms = step_losses[0], step_norms[0]
         params, opt_state = carry
         return params, opt_state, step_losses[0], step_norms[0]
 
+    # Epochs 1.. order the envs by 64 random bits each, drawn here for the
+    # whole env axis in one threefry call: every device gets the bits of its
+    # own envs (ROWS), so none needs a key of its own, and a sort replaces
+    # jax.random.permutation's rounds of splits and sorts (25 fewer fused
+    # kernels in NPG's chunk; docs/performance.md, "Twelfth session").
+    sort_keys = jax.random.bits(key, (max(epochs - 1, 1), envs, 2))
     run = parallel.map_env_shards(
         fit,
         envs // minibatches,
-        (parallel.REPLICATED, parallel.REPLICATED, parallel.ROWS)
-        + (parallel.REPLICATED,) * 3,
+        (parallel.REPLICATED, parallel.REPLICATED, parallel.ROWS, parallel.ROWS)
+        + (parallel.REPLICATED,) * 2,
         parallel.REPLICATED,
     )
-    return run(params, opt_state, data, key, lr, max_grad_norm)
+    return run(params, opt_state, data, sort_keys, lr, max_grad_norm)
+
+
+def _order_of(sort_keys: Array) -> Array:
+    """The permutation that sorts ``[N, 2]`` uint32 keys (the first one major).
+
+    For independent uniform keys it is a uniform permutation of ``N``, but for
+    ties, whose chance is below ``N² / 2⁶⁵`` (10⁻¹² at 8192 envs).
+    """
+    envs = sort_keys.shape[0]
+    return jax.lax.sort(
+        (sort_keys[:, 0], sort_keys[:, 1], jnp.arange(envs)), num_keys=2
+    )[2]
 
 
 def critic_value_fn(
