@@ -229,17 +229,18 @@ def _cpu_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cpu_device_count(args: argparse.Namespace) -> int | None:
+def _cpu_device_count(args: argparse.Namespace) -> int:
     """The CPU devices to give the run: ``--cpu-devices`` (or a resumed run's
-    saved value); for 0, one per core (None) if splitting the envs pays for
-    the run's algorithm and batch (:func:`pgjax.parallel.split_pays`), else 1."""
+    saved value); for 0, as many as the run's algorithm and batch keep busy
+    enough to gain from the split, up to one per core
+    (:func:`pgjax.parallel.devices_that_pay`)."""
     from pgjax import parallel
 
     count = _cpu_devices(args)
     if count > 0:
         return count
     algo, num_envs, num_steps = _run_shape(args)
-    return None if parallel.split_pays(algo, num_envs, num_steps) else 1
+    return parallel.devices_that_pay(algo, num_envs, num_steps, parallel.usable_cores())
 
 
 def _run_shape(args: argparse.Namespace) -> tuple[str, int, int]:

@@ -119,10 +119,10 @@ class TrainConfig:
     cpu_devices: int = _field(
         0,
         "CPU devices (cores) the envs are split across, each running the "
-        "rollout and the update's passes on its share (0 = auto: one per core "
-        "when the split pays for the algorithm and batch, else 1; 1 = no "
-        "split). Set by train.py (and benchmark.py, where 0 = one per core) "
-        "before JAX starts; "
+        "rollout and the update's passes on its share (0 = auto: as many, up "
+        "to one per core, as the algorithm's batch keeps busy enough to gain "
+        "from the split, else 1; 1 = no split). Set by train.py (and "
+        "benchmark.py, where 0 = one per core) before JAX starts; "
         "XLA_FLAGS' or JAX_NUM_CPU_DEVICES' count wins; ignored on "
         "accelerators. The split decides which envs share a critic minibatch, "
         "so results differ across counts (not in law)",

@@ -23,9 +23,9 @@ minibatches is split only when the devices also divide ``N / M`` (otherwise it
 runs whole, correct but slower).
 
 The devices synchronise at every rollout step and every all-reduce, which
-costs more than the split saves on small batches: :func:`split_pays` says,
-from measurements on 2 cores, where it pays, and ``train.py --cpu-devices 0``
-keeps one device elsewhere.
+costs more than the split saves on small batches: :func:`devices_that_pay`
+says, from measurements on 2 cores, how many devices a run's batch keeps
+busy enough, and ``train.py --cpu-devices 0`` gives the run that many.
 
 Seeds (and sweep rows) are a different parallelism: a ``vmap`` over the
 trainer's state, named :data:`SEEDS` (``Trainer.train_chunk_batch``), so that
@@ -96,7 +96,7 @@ def use_cpu_cores(count: int | None = None) -> bool:
     ``--xla_force_host_platform_device_count`` or ``jax_num_cpu_devices``).
     """
     if count is None:
-        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        count = usable_cores()
     if count < 2 or "xla_force_host_platform_device_count" in os.environ.get(
         "XLA_FLAGS", ""
     ):
@@ -110,31 +110,50 @@ def use_cpu_cores(count: int | None = None) -> bool:
     return True
 
 
-#: The fewest rows per update (``num_envs × num_steps``) at which splitting
-#: the envs across a 2-core CPU's devices made a fixed-length algorithm's
-#: ``train.py`` run faster. Below, the devices' synchronisation (at every
-#: rollout step and every all-reduce) cost more than the halved work saved:
-#: A2C's training ran 1.24× faster on one device at 1024 envs × 4 steps, the
-#: same at 8192 rows, 1.18× faster split at 16384 and 1.49× at 4096 × 16.
-#: NPG and TRPO, with more work per row (the critic's epochs, CG), ran 1.06×
-#: faster on one device at 64 × 32 and 1.2–1.4× faster split from 128 × 32
-#: (docs/performance.md, "Twelfth session").
-MIN_ROWS_TO_SPLIT = {"a2c": 16384, "npg": 4096, "trpo": 4096}
-#: REINFORCE runs episodes in a loop whose every step waits for both devices:
-#: one device was 2× faster at 64 envs and as fast at 512, the split 1.38×
-#: faster at 1024 and 1.2× at 2048 and 4096. It splits from this many envs.
-MIN_ENVS_TO_SPLIT_EPISODES = 1024
+#: The fewest rows per update (``num_envs × num_steps``) each device must get
+#: for splitting the envs across a CPU's devices to make a fixed-length
+#: algorithm's ``train.py`` run faster. With less, the devices'
+#: synchronisation (at every rollout step and every all-reduce) cost more
+#: than the divided work saved. Measured on 2 cores (docs/performance.md,
+#: "Twelfth session"): A2C trained 1.24× faster on one device at 1024 envs ×
+#: 4 steps (2048 rows per device split), as fast at 8192 rows, and 1.18×
+#: faster split at 16384 (8192 per device) and 1.49× at 4096 × 16. NPG and
+#: TRPO, with more work per row (the critic's epochs, CG), ran 1.06× faster
+#: on one device at 64 × 32 and 1.2–1.4× faster split from 128 × 32 (2048
+#: rows per device).
+MIN_ROWS_PER_DEVICE = {"a2c": 8192, "npg": 2048, "trpo": 2048}
+#: REINFORCE runs episodes in a loop whose every step waits for all devices:
+#: on 2 cores one device was 2× faster at 64 envs and as fast at 512, the
+#: split 1.38× faster at 1024 and 1.2× at 2048 and 4096. Each device needs
+#: this many envs.
+MIN_ENVS_PER_DEVICE_EPISODES = 512
 
 
-def split_pays(algo: str, num_envs: int, num_steps: int) -> bool:
-    """Whether ``algo``'s training with ``num_envs`` envs (× ``num_steps``
-    rollout steps per update, for the fixed-length algorithms) runs faster
-    with its envs split across a CPU's cores than on one device (see
-    :data:`MIN_ROWS_TO_SPLIT`). train.py gives the run one CPU device when
-    it does not (its ``--cpu-devices 0``)."""
+def devices_that_pay(algo: str, num_envs: int, num_steps: int, cores: int) -> int:
+    """The CPU devices to split ``algo``'s envs across: the most, up to
+    ``cores``, that divide ``num_envs`` and each get at least
+    :data:`MIN_ROWS_PER_DEVICE` rows per update (REINFORCE:
+    :data:`MIN_ENVS_PER_DEVICE_EPISODES` envs); 1 when no count does.
+    ``train.py --cpu-devices 0`` gives the run this many.
+
+    The minimums were measured on 2 cores; more devices synchronise at a
+    higher cost, so on larger CPUs they are a lower bound on what pays.
+    """
     if algo == "reinforce":
-        return num_envs >= MIN_ENVS_TO_SPLIT_EPISODES
-    return num_envs * num_steps >= MIN_ROWS_TO_SPLIT.get(algo, 0)
+        work, least = num_envs, MIN_ENVS_PER_DEVICE_EPISODES
+    else:
+        work, least = num_envs * num_steps, MIN_ROWS_PER_DEVICE.get(algo, 0)
+    for count in range(cores, 1, -1):
+        if num_envs % count == 0 and work >= least * count:
+            return count
+    return 1
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (1 where the OS does not say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return 1
 
 
 @functools.cache
@@ -267,9 +286,12 @@ def mean_over_shards(x: Any, sharded: bool) -> Any:
 
 __all__ = [
     "AXIS",
+    "MIN_ENVS_PER_DEVICE_EPISODES",
+    "MIN_ROWS_PER_DEVICE",
     "REPLICATED",
     "ROWS",
     "SUM",
+    "devices_that_pay",
     "env_mesh",
     "env_shards",
     "first_envs",
@@ -280,5 +302,6 @@ __all__ = [
     "replicate",
     "replicated",
     "split_envs",
+    "usable_cores",
     "use_cpu_cores",
 ]

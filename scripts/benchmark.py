@@ -297,11 +297,11 @@ def bench_algorithm(
 
 def train_py_env_shards(config) -> int:
     """The devices train.py would split ``config``'s envs across (with its
-    ``--cpu-devices 0``, see :func:`parallel.split_pays`), given as many
-    devices as this process has."""
-    if parallel.split_pays(config.algo, config.num_envs, config.num_steps):
-        return parallel.env_shards(config.num_envs)
-    return 1
+    ``--cpu-devices 0``, see :func:`parallel.devices_that_pay`), given as
+    many devices as this process has."""
+    return parallel.devices_that_pay(
+        config.algo, config.num_envs, config.num_steps, len(jax.devices())
+    )
 
 
 def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):

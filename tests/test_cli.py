@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, run_main
 
-from pgjax import cli, presets, runner
+from pgjax import cli, parallel, presets, runner
 from pgjax.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_a2c_smoke_summary(a2c_run):
     assert 0 < summary["compile_seconds"] < summary["wall_seconds"]
     assert summary["eval_return"] >= 1.0  # CartPole pays 1 per step
     # An A2C batch of 64 × 8 runs faster on one device than split across the
-    # cores, and train.py's --cpu-devices 0 knows it (parallel.split_pays).
+    # cores, and train.py's --cpu-devices 0 knows it (parallel.devices_that_pay).
     assert summary["env_shards"] == 1
 
 
@@ -190,29 +190,49 @@ def test_a2c_smoke_summary(a2c_run):
     [
         (["--algo", "a2c"], 1),  # the preset: 1024 envs × 4 steps
         (["--algo", "a2c", "--num-envs", "2048"], 1),  # 8192 rows
-        (["--algo", "a2c", "--num-envs", "4096"], None),  # 16384 rows
-        (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "16"], None),
-        (["--algo", "npg"], None),  # the preset: 256 envs × 32 steps
+        (["--algo", "a2c", "--num-envs", "4096"], 2),  # 16384 rows
+        (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "16"], 2),
+        (["--algo", "a2c", "--num-envs", "4097", "--num-steps", "16"], 1),
+        (["--algo", "npg"], 2),  # the preset: 256 envs × 32 steps
         (["--algo", "npg", "--num-envs", "64"], 1),
-        (["--algo", "trpo", "--num-envs", "128"], None),
+        (["--algo", "trpo", "--num-envs", "128"], 2),
         (["--algo", "trpo", "--num-envs", "8"], 1),
         (["--algo", "reinforce"], 1),  # the preset: 64 envs
         (["--algo", "reinforce", "--num-envs", "512"], 1),
-        (["--algo", "reinforce", "--num-envs", "1024"], None),
+        (["--algo", "reinforce", "--num-envs", "1024"], 2),
         (["--algo", "a2c", "--num-envs", "4096", "--cpu-devices", "1"], 1),
         (["--algo", "a2c", "--cpu-devices", "2"], 2),
     ],
 )
-def test_cpu_devices_0_splits_where_the_split_pays(flags, expected):
+def test_cpu_devices_0_splits_where_the_split_pays(flags, expected, monkeypatch):
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
     args = cli.build_parser().parse_args(flags)
     assert cli._cpu_device_count(args) == expected
 
 
-def test_a_resumed_run_keeps_the_device_choice_of_its_saved_shape(tmp_path):
+@pytest.mark.parametrize(
+    "algo, num_envs, num_steps, expected",
+    [
+        ("a2c", 4096, 16, 8),  # 65536 rows: 8192 for each of 8 devices
+        ("a2c", 4096, 4, 2),
+        ("a2c", 1024, 4, 1),
+        ("npg", 1000, 32, 10),  # 15 would get 2048 rows each but divide no 1000
+        ("reinforce", 4096, 1, 8),  # 512 envs each
+        ("reinforce", 64, 1, 1),
+    ],
+)
+def test_devices_that_pay_on_16_cores(algo, num_envs, num_steps, expected):
+    assert parallel.devices_that_pay(algo, num_envs, num_steps, 16) == expected
+
+
+def test_a_resumed_run_keeps_the_device_choice_of_its_saved_shape(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
     saved = runner.config_to_json(TrainConfig(algo="a2c", num_envs=8192, num_steps=16))
     (tmp_path / "config.json").write_text(json.dumps(saved))
     args = cli.build_parser().parse_args(["--resume", "--run-dir", str(tmp_path)])
-    assert cli._cpu_device_count(args) is None  # split: 8192 × 16 rows
+    assert cli._cpu_device_count(args) == 2  # split: 8192 × 16 rows
     saved.update(num_envs=64)
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert cli._cpu_device_count(args) == 1
