@@ -216,17 +216,27 @@ def train_main(argv: list[str] | None, start_time: float) -> int:
         return EXIT_SIGINT
 
 
+def _saved_config(args: argparse.Namespace) -> dict | None:
+    """The config.json of the run ``--resume`` continues, read without starting
+    JAX; None without ``--resume`` or if it cannot be read (the resume itself
+    reports what is wrong with the folder)."""
+    if not args.resume or args.run_dir is None:
+        return None
+    try:
+        saved = json.loads((Path(args.run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _cpu_devices(args: argparse.Namespace) -> int:
     """``--cpu-devices`` as given, else a resumed run's saved value, else 0."""
     if hasattr(args, "cpu_devices"):
         return args.cpu_devices
-    if args.resume and args.run_dir is not None:
-        try:
-            saved = json.loads((Path(args.run_dir) / "config.json").read_text())
-            return int(saved.get("cpu_devices", 0))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return 0  # the resume below reports what is wrong with the folder
-    return 0
+    try:
+        return int((_saved_config(args) or {}).get("cpu_devices", 0))
+    except (ValueError, TypeError):
+        return 0
 
 
 def _cpu_device_count(args: argparse.Namespace) -> int:
@@ -246,11 +256,11 @@ def _cpu_device_count(args: argparse.Namespace) -> int:
 def _run_shape(args: argparse.Namespace) -> tuple[str, int, int]:
     """``(algo, num_envs, num_steps)`` of the run to start or resume, without
     starting JAX (bad values are reported later, by the config's checks)."""
-    if args.resume and args.run_dir is not None:
+    saved = _saved_config(args)
+    if saved is not None:
         try:
-            saved = json.loads((Path(args.run_dir) / "config.json").read_text())
             return str(saved["algo"]), int(saved["num_envs"]), int(saved["num_steps"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, ValueError, TypeError):
             pass  # the resume reports what is wrong with the folder
     config = resolve_config(args)
     return config.algo, config.num_envs, config.num_steps
@@ -259,9 +269,8 @@ def _run_shape(args: argparse.Namespace) -> tuple[str, int, int]:
 def _train_main(argv: list[str] | None, start_time: float) -> int:
     args = build_parser().parse_args(argv)
     # Before JAX starts its backends (importing pgjax.runner does, through
-    # gymnax): one CPU device per core to split the envs across
-    # (pgjax.parallel), or one device for a batch too small to gain from
-    # the split. No-op on accelerators.
+    # gymnax): the CPU devices to split the envs across (pgjax.parallel), as
+    # many as the batch keeps busy, up to one per core. No-op on accelerators.
     from pgjax import parallel
 
     parallel.use_cpu_cores(_cpu_device_count(args))

@@ -410,9 +410,10 @@ def fit_critic(
     # Epochs 1.. order the envs by 64 random bits each, drawn here for the
     # whole env axis in one threefry call: every device gets the bits of its
     # own envs (ROWS), so none needs a key of its own, and a sort replaces
-    # jax.random.permutation's rounds of splits and sorts (25 fewer fused
-    # kernels in NPG's chunk; docs/performance.md, "Twelfth session").
-    sort_keys = jax.random.bits(key, (max(epochs - 1, 1), envs, 2))
+    # jax.random.permutation's rounds of splits and sorts (40 fewer fused
+    # kernels in NPG's chunk; docs/performance.md, "Twelfth session"). One
+    # epoch draws nothing.
+    sort_keys = jax.random.bits(key, (epochs - 1, envs, 2)) if epochs > 1 else None
     run = parallel.map_env_shards(
         fit,
         envs // minibatches,
