@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,32 @@ def memory_bytes(executable) -> int | None:
         )
     except Exception:  # not every backend reports it
         return None
+
+
+_FUSED_COMPUTATION = re.compile(r"^%(fused|wrapped)\S* ")
+_NAME = re.compile(r"%[\w.\-]+")
+_METADATA = re.compile(r", metadata=\{.*?\}")
+
+
+def distinct_fused_kernels(executable) -> int | None:
+    """Distinct fused computations in a compiled program's optimised HLO.
+
+    Each is a kernel XLA compiles (MLIR, then LLVM on a CPU: ~10 ms each on
+    the 2-core machines here); XLA compiles identical ones once, so bodies
+    are compared with names and metadata stripped. Unlike compile seconds,
+    the count does not depend on the machine's load: the figure to watch when
+    changing the programs (docs/performance.md, "Thirteenth session").
+    """
+    try:
+        text = executable.as_text()
+    except Exception:  # not every backend gives its HLO
+        return None
+    bodies = set()
+    for computation in re.split(r"\n(?=\S)", text):
+        head, _, body = computation.partition("\n")
+        if _FUSED_COMPUTATION.match(head):
+            bodies.add(_NAME.sub("%", _METADATA.sub("", body)))
+    return len(bodies)
 
 
 def config_for(algo: str, env: str, num_envs: int, num_steps: int | None, **kw):
@@ -233,6 +260,7 @@ def bench_algorithm(
             for t, r in zip(times, reference_times, strict=True)
         ]
         paired = {
+            "compile_vs_reference": compile_s / reference.compile_seconds,
             "ratio_to_reference": statistics.median(ratios),
             "ratios_to_reference": ratios,
             "reference_steps_per_second": reference.steps
@@ -285,6 +313,7 @@ def bench_algorithm(
         "train_py_env_shards": train_py_env_shards(config),
         "steps_per_second": steps / seconds,
         "compile_seconds": compile_s,
+        "fused_kernels": distinct_fused_kernels(executable),
         "memory_bytes": memory_bytes(executable),
         "seconds_per_update": seconds / updates,
         "rollout_seconds_per_update": rollout_s / updates,
@@ -519,7 +548,13 @@ def main(argv=None) -> int:
             report["algorithms"][algo] = result
             log(
                 f"{algo}: {result['steps_per_second']:,.0f} steps/s, compile "
-                f"{result['compile_seconds']:.2f}s, rollout "
+                f"{result['compile_seconds']:.2f}s"
+                + (
+                    f" ({result['compile_vs_reference']:.2f}x the reference's)"
+                    if "compile_vs_reference" in result
+                    else ""
+                )
+                + f", {result['fused_kernels']} kernels, rollout "
                 f"{result['rollout_fraction']:.0%} of an update"
                 + (
                     f", {result['ratio_to_reference']:.2f}x reference"

@@ -41,6 +41,30 @@ def test_benchmark_reports_paired_ratio(tmp_path):
     assert a2c["reference_steps_per_second"] > 0
     assert 0 < a2c["rollout_fraction"] < 1
     assert a2c["compile_seconds"] > 0
+    assert a2c["compile_vs_reference"] > 0
+    assert a2c["fused_kernels"] > 10
+
+
+def test_distinct_fused_kernels_counts_identical_bodies_once():
+    import jax
+    import jax.numpy as jnp
+
+    def one(x):
+        return jnp.tanh(x * 2.0 + 1.0)
+
+    def two_alike(x, y):
+        # Two fusions with the same body (different shapes would differ).
+        return jax.lax.optimization_barrier(one(x)), one(y)
+
+    def two_unlike(x, y):
+        return jax.lax.optimization_barrier(one(x)), jnp.exp(y) - 3.0
+
+    x = jnp.ones(64)
+    count = {
+        f.__name__: benchmark.distinct_fused_kernels(jax.jit(f).lower(x, x).compile())
+        for f in (two_alike, two_unlike)
+    }
+    assert count["two_unlike"] == count["two_alike"] + 1
 
 
 def test_solve_reads_the_first_crossing_and_can_give_each_run_an_empty_cache(
