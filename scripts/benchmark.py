@@ -10,11 +10,14 @@ the reference's, and its ``ratio_to_reference`` is the median of the per-repeat
 ratios, so a change in the machine's load mid-run moves both alike. Each
 timing is the median of ``--repeats`` runs of a compiled chunk of ``--updates``
 updates; compile time is measured separately (ahead-of-time
-``lower().compile()``).
+``lower().compile()``, tracing included), beside the count of distinct fused
+kernels in the compiled chunk and the ratio to the reference's compile: both
+stable on a machine whose compile speed drifts.
 
 Sections (each can be skipped):
   ceiling      env steps/s with random actions at --num-envs
-  algorithms   training steps/s, compile s, memory, rollout vs learning split
+  algorithms   training steps/s, compile s and kernels, memory, rollout vs
+               learning split
   scaling      steps/s against num_envs (64 ... 65536) and against --num-seeds
   solve        wall seconds (compile included) to the solved threshold, median
                over seeds, by running scripts/train.py as a user would (with
