@@ -350,3 +350,14 @@ def test_compacted_passes_under_a_vmap_over_seeds_share_one_block_loop():
         alone = passes(x[seed], valid[seed])
         np.testing.assert_allclose(grads[seed], alone[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(values[seed], alone[1], rtol=1e-5, atol=1e-6)
+
+
+def test_global_norm_over_leaves_of_any_shape():
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([3.0]), "s": 2.0}
+    expected = np.sqrt(np.sum(np.arange(6.0) ** 2) + 9.0 + 4.0)
+    np.testing.assert_allclose(base.global_norm(tree), expected, rtol=1e-6)
+    np.testing.assert_allclose(base.global_norm(jnp.array([3.0, 4.0])), 5.0)
+    assert float(base.global_norm({})) == 0.0
+    grads, norm = base.clip_by_global_norm(tree, jnp.asarray(1.0))
+    np.testing.assert_allclose(norm, expected, rtol=1e-6)
+    np.testing.assert_allclose(base.global_norm(grads), 1.0, rtol=1e-5)

@@ -183,8 +183,10 @@ def test_split_updates_match_one_device():
         env=environment,
         cwd=ROOT,
     )
-    splits = {algo: two_updates(algo) for algo in ALGOS}
-    stdout, stderr = proc.communicate()
+    try:
+        splits = {algo: two_updates(algo) for algo in ALGOS}
+    finally:
+        stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stderr[-2000:]
     one_device = json.loads(stdout.strip().splitlines()[-1])
     for algo in ALGOS:

@@ -76,9 +76,9 @@ def global_norm(tree) -> Array:
     The leaves are concatenated into one vector first: XLA:CPU compiles each
     leaf's own sum of squares as two kernels (its tree-reduction rewriter
     splits every long reduction in two), and each distinct kernel costs ~10 ms
-    of compile; the concatenation and a single sum are two to four. 6–9 fewer
-    distinct kernels per chunk (docs/performance.md, "Thirteenth session"); at
-    run time the copy of a few thousand parameters is negligible.
+    of compile; the concatenation and one sum are a few. 4–9 fewer distinct
+    kernels per chunk (docs/performance.md, "Thirteenth session"); at run
+    time the copy of a few thousand parameters is negligible.
     """
     leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
     if not leaves:
