@@ -31,7 +31,10 @@ class _DeferredModule(types.ModuleType):
 
 
 def _defer_import(name: str) -> None:
-    if name not in sys.modules and importlib.util.find_spec(name) is not None:
+    # Only the top-level package is looked up: finding a submodule's spec
+    # would import its package (matplotlib: 0.23 s of ``import pgjax``).
+    package = name.partition(".")[0]
+    if name not in sys.modules and importlib.util.find_spec(package) is not None:
         sys.modules[name] = _DeferredModule(name)
 
 
