@@ -83,8 +83,7 @@ def global_norm(tree) -> Array:
     leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    flat = leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
-    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+    return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
 
 
 def clip_by_global_norm(grads, max_norm: Array) -> tuple[Any, Array]:
