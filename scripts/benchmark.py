@@ -17,7 +17,9 @@ stable on a machine whose compile speed drifts.
 Sections (each can be skipped):
   ceiling      env steps/s with random actions at --num-envs
   algorithms   training steps/s, compile s and kernels, memory, rollout vs
-               learning split
+               learning split, and NPG/TRPO's time per phase (programs that
+               stop after each phase, run in alternation; a phase is the
+               median over rounds of the difference within a round)
   scaling      steps/s against num_envs (64 ... 65536) and against --num-seeds
   solve        wall seconds (compile included) to the solved threshold, median
                over seeds, by running scripts/train.py as a user would (with
@@ -301,8 +303,11 @@ def bench_algorithm(
 
     collect_exec, _ = compiled(collect, single, algo=config.algo)
     learn_exec, _ = compiled(learn, single, batch, algo=config.algo)
-    rollout_s = median_time(collect_exec, single, repeats=repeats)
-    learn_s = median_time(learn_exec, single, batch, repeats=repeats)
+    # In alternation, like the phases below: the split compares the two.
+    rollout_times, learn_times = paired_times(
+        [(collect_exec, (single,)), (learn_exec, (single, batch))], repeats
+    )
+    rollout_s, learn_s = map(statistics.median, (rollout_times, learn_times))
     phases = {}
     if config.algo in ("npg", "trpo"):
         phases = natural_phase_seconds(trainer, single, batch, updates, repeats)
@@ -341,8 +346,8 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     search, critic fit), from programs that stop after each phase in turn."""
     hyper = single.hyper
     prefixes = natural_pg.phase_prefix_updates(trainer.config, trainer.spec)
-    seconds, previous = {}, 0.0
-    for phase, update in prefixes.items():
+    programs = []
+    for update in prefixes.values():
 
         def learn(state, batch, update=update):
             def body(agent, key):
@@ -360,9 +365,24 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
             return jax.lax.scan(body, state.agent, keys)
 
         executable, _ = compiled(learn, single, batch, algo=trainer.config.algo)
-        total = median_time(executable, single, batch, repeats=repeats) / updates
-        seconds[phase] = max(total - previous, 0.0)
-        previous = total
+        programs.append((executable, (single, batch)))
+    times = paired_times(programs, repeats)
+    return phase_costs(list(prefixes), times, updates)
+
+
+def phase_costs(phases: list[str], times: list[list[float]], updates: int) -> dict:
+    """Seconds per update of each phase, from ``times[k][r]``: round ``r``'s
+    time of the program that runs phases ``0..k`` (:func:`paired_times`).
+
+    Phase k costs the median over the rounds of ``times[k][r] − times[k−1][r]``
+    (at least 0): differences within a round, so that a drift in the machine's
+    speed between two programs' timings does not land in a phase.
+    """
+    seconds, previous = {}, [0.0] * len(times[0])
+    for phase, totals in zip(phases, times, strict=True):
+        differences = [(t - p) / updates for t, p in zip(totals, previous, strict=True)]
+        seconds[phase] = max(statistics.median(differences), 0.0)
+        previous = totals
     return seconds
 
 

@@ -27,6 +27,19 @@ def test_paired_times_alternate_programs():
     assert calls == ["a", "b"] + ["a", "b"] * 3
 
 
+def test_phase_costs_are_differences_within_a_round():
+    # The machine slows down in round 1 and the second prefix's round 2 is an
+    # outlier: per-round differences give the phase its steady 0.1 s, while
+    # the difference of the two medians (5.1 − 2) would give it 3.1 s.
+    times = [[1.0, 5.0, 2.0], [1.1, 5.1, 6.0]]
+    costs = benchmark.phase_costs(["first", "second"], times, updates=1)
+    assert costs["first"] == 2.0
+    assert abs(costs["second"] - 0.1) < 1e-9
+    # Per update, and never negative.
+    costs = benchmark.phase_costs(["a", "b"], [[4.0, 4.0], [3.0, 3.0]], updates=2)
+    assert costs == {"a": 2.0, "b": 0.0}
+
+
 def test_benchmark_reports_paired_ratio(tmp_path):
     out = tmp_path / "bench"
     argv = ["--algos", "a2c", "--num-envs", "16", "--num-steps", "4"]
