@@ -18,10 +18,13 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgjax import cli  # noqa: E402
+from pgjax import _startup, cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before the runner imports gymnax: its unused plotting imports would cost
+    # seconds of every start (pgjax._startup).
+    _startup.defer_plotting_imports()
     return cli.train_main(argv, start_time=START_TIME)
 
 
