@@ -16,14 +16,13 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("trpo", "*"): {"num_envs": 256, "num_steps": 32},
     # Large-batch A2C on CartPole: plain Adam at a moderate step, with the
     # critic fitted in 4 minibatches per rollout (4 Adam steps for the FLOPs of
-    # one) so that it keeps up with the actor. 45/45 runs solved (1.5-4 M
-    # steps); with the joint single critic step 0/8 (critic lr 0.01) to 6/8
-    # (0.1), and the earlier KL-adaptive preset 5/8 in 10 M (docs/performance.md).
-    # 1024 envs rather than 4096: the logged return reached 475 after 0.50-0.55 M
-    # steps (24 seeds; 2.1-2.2 M with 4096), in 0.75x the warm wall time despite
-    # the smaller batch's lower steps/s; 24/24 seeds evaluated at 500 after 1 M
-    # steps and 8/8 after the 3 M kept here, so that `--num-envs 4096` still
-    # has the steps it needs ("Tenth session").
+    # one) so that it keeps up with the actor. A critic taking one step per
+    # rollout lags the actor and lets seeds collapse to pushing one way; a
+    # KL-adaptive actor step keeps moving the policy once every episode
+    # reaches 500 and the advantages carry no signal.
+    # 1024 envs rather than 4096: the return reaches 475 after about 0.5 M
+    # steps instead of 2.1 M, sooner in wall time despite the smaller batch's
+    # lower steps/s. The 3 M steps leave `--num-envs 4096` the steps it needs.
     ("a2c", "CartPole-v1"): {
         "num_envs": 1024,
         "num_steps": 4,
@@ -35,8 +34,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "ent_coef": 0.003,
         "normalize_obs": True,
     },
-    # The critic in 4 minibatches here too: Acrobot 16/16 seeds better than
-    # −100 (joint step: 7/8), Pendulum 16/16 better than −250 (joint: 6/8).
+    # The critic in 4 minibatches here too: with a single joint critic step
+    # some seeds of Acrobot and Pendulum fail to solve.
     ("a2c", "Acrobot-v1"): {
         "num_envs": 64,
         "num_steps": 16,
@@ -47,8 +46,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "ent_coef": 0.01,
         "normalize_obs": True,
     },
-    # PopArt instead of a hand-set reward scale: 10 of 12 seeds beyond −250
-    # on the CPU, against 6 of 11 with reward_scale 0.01 (docs/performance.md).
+    # PopArt instead of a hand-set reward scale: Pendulum's returns move from
+    # about −1500 to −150 as it learns, and the critic tracks that scale where
+    # a fixed reward_scale suits only some seeds.
     ("a2c", "Pendulum-v1"): {
         "num_envs": 64,
         "num_steps": 64,
@@ -66,15 +66,14 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "lr": 0.01,
         "critic_lr": 0.01,
     },
-    # max KL 0.02: seeds 0-2 all at 500 (as with 0.01); with 0.03 the single
-    # seed-0 run fell from 500 to ~160 mid-run and ended at 429.
+    # max KL 0.02: with 0.03 runs can fall back from 500 mid-run; 0.01 is as
+    # reliable but reaches 475 later.
     ("npg", "CartPole-v1"): {
         "total_timesteps": 1_000_000,
         "max_kl": 0.02,
         "critic_lr": 0.01,
     },
-    # max KL 0.02: seeds 0-7 each run alone all at 500; with 0.03 seeds 1 and
-    # 4 fell back after reaching 475 (eval 234, 179).
+    # max KL 0.02: with 0.03 some seeds fall back after reaching 475.
     ("trpo", "CartPole-v1"): {
         "total_timesteps": 1_000_000,
         "max_kl": 0.02,
@@ -88,8 +87,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "value_norm": True,
         "normalize_obs": True,
     },
-    # GAE λ 0.9 and 5 critic epochs: 8/8 seeds beyond −250 (λ 0.95 with 2
-    # epochs: 2/4 to 4/4 depending on the run, seed 0 alone at −256).
+    # GAE λ 0.9 and 5 critic epochs: advantages with less variance, from a
+    # critic that keeps up; λ 0.95 with 2 epochs leaves some seeds short of −250.
     ("trpo", "Pendulum-v1"): {
         "num_steps": 64,
         "total_timesteps": 4_000_000,

@@ -1,11 +1,10 @@
 """A minimal hand-written JAX A2C: the yardstick of scripts/benchmark.py.
 
-What MEASURED.md calls "a minimal hand-written JAX A2C": two 64-unit tanh MLPs
-(actor and critic), fixed-length rollouts of a vmapped gymnax env, GAE(λ), one
-Adam step per rollout, everything inside one ``jit``. No truncation handling, no
-normalisation, no metrics beyond the loss: the least work an A2C update can do,
-so pgjax's speed can be stated as a ratio against it measured in the same
-process.
+Two 64-unit tanh MLPs (actor and critic), fixed-length rollouts of a vmapped
+gymnax env, GAE(λ), one Adam step per rollout, everything inside one ``jit``. No
+truncation handling, no normalisation, no metrics beyond the loss: the least work
+an A2C update can do, so pgjax's speed can be stated as a ratio against it
+measured in the same process.
 """
 
 from __future__ import annotations
