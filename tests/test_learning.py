@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import parallel, train
-from pgjax.algos import base
+from pgjax import networks, parallel, train
 from pgjax.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +56,9 @@ def initial_and_trained(**overrides):
     initial = jax.jit(jax.vmap(trainer.init))(keys)
     trained = jax.jit(jax.vmap(trainer.train, axis_name=parallel.SEEDS))(keys)
     assert np.all(np.asarray(trained.experience) >= config.total_timesteps)
-    policy, _ = base.make_networks(config, trainer.spec)
+    # The plain network: the trainer's may compute its products another way,
+    # with the same values.
+    policy = networks.make_policy(trainer.spec, config.hidden, config.activation)
 
     def distribution(states, obs):
         return jax.vmap(lambda p: policy.apply(p, obs))(states.agent.actor)
