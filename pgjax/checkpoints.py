@@ -48,18 +48,30 @@ def checkpoint_dir(run_dir: Path | str) -> Path:
     return (Path(run_dir) / CHECKPOINT_DIR).absolute()
 
 
-def to_host(tree: Any) -> Any:
-    """A numpy copy of every leaf.
+def owned_copy(tree: Any) -> Any:
+    """A copy of every leaf that the save owns.
 
     The runner donates the state to the next chunk call, which may reuse its
-    device buffers; an asynchronous save must own its data.
+    device buffers; an asynchronous save must own its data. Arrays this
+    process holds whole are copied to host memory; arrays split across
+    processes (a multi-host run) are copied on their devices, and orbax
+    writes each process's shards.
     """
-    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree)):
+        return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+    return jax.tree.map(jnp.copy, tree)
 
 
-def abstract_like(tree: Any) -> Any:
-    """``ShapeDtypeStruct`` leaves (not weakly typed) describing ``tree``."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+    """``ShapeDtypeStruct`` leaves (not weakly typed) describing ``tree``,
+    with ``shardings`` (a matching pytree) where given."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        tree,
+        shardings,
+    )
 
 
 class Checkpointer:
@@ -117,7 +129,7 @@ class Checkpointer:
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
         host = {**host, "format": HOST_FORMAT, "step": int(step)}
-        data = to_host(state)
+        data = owned_copy(state)
         try:
             self._manager.wait_until_finished()
             if int(step) in self._manager.all_steps():
@@ -149,7 +161,7 @@ class Checkpointer:
             ) from error
 
     def restore(
-        self, abstract_state: Any, step: int | None = None
+        self, abstract_state: Any, shardings: Any = None, step: int | None = None
     ) -> tuple[Any, dict[str, Any], int]:
         """Restores a checkpoint: ``(state, host, step)``.
 
@@ -157,6 +169,10 @@ class Checkpointer:
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (for example
             ``jax.eval_shape(trainer.init_batch, keys)``) giving the structure,
             shapes and dtypes to restore into.
+          shardings: where to place each leaf (a matching pytree of
+            shardings, e.g. :meth:`pgjax.train.Trainer.state_shardings`); None
+            puts it on the default device. A checkpoint restores onto any
+            number of devices and processes, whatever it was saved from.
           step: the checkpoint to restore; ``None`` restores the newest one
             that can be read, falling back to older ones (with a warning) if
             the newest is damaged.
@@ -177,7 +193,7 @@ class Checkpointer:
         errors = []
         for candidate in candidates:
             try:
-                state, host = self._restore_step(abstract_state, candidate)
+                state, host = self._restore_step(abstract_state, shardings, candidate)
             except Exception as error:  # a damaged or mismatched checkpoint
                 errors.append(f"step {candidate}: {error}")
                 if step is None:
@@ -188,8 +204,10 @@ class Checkpointer:
             f"cannot restore a checkpoint from {self.directory} ({errors[0]})"
         )
 
-    def _restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
-        abstract_state = abstract_like(abstract_state)
+    def _restore_step(
+        self, abstract_state: Any, shardings: Any, step: int
+    ) -> tuple[Any, dict]:
+        abstract_state = abstract_like(abstract_state, shardings)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -202,13 +220,12 @@ class Checkpointer:
             raise CheckpointError("the saved state has a different structure")
 
         def to_device(x, like):
-            x = np.asarray(x)
             if x.shape != like.shape or x.dtype != like.dtype:
                 raise CheckpointError(
                     f"saved leaf {x.dtype}{list(x.shape)} does not match "
                     f"{like.dtype}{list(like.shape)}"
                 )
-            return jnp.asarray(x)
+            return x if like.sharding is not None else jnp.asarray(x)
 
         state = jax.tree.map(to_device, state, abstract_state)
         if not isinstance(host, dict) or host.get("format") != HOST_FORMAT:

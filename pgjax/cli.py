@@ -229,51 +229,49 @@ def _saved_config(args: argparse.Namespace) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def _cpu_devices(args: argparse.Namespace) -> int:
-    """``--cpu-devices`` as given, else a resumed run's saved value, else 0."""
-    if hasattr(args, "cpu_devices"):
-        return args.cpu_devices
+def _devices(args: argparse.Namespace) -> int:
+    """``--devices`` as given, else a resumed run's saved value, else 0."""
+    if hasattr(args, "devices"):
+        return args.devices
     try:
-        return int((_saved_config(args) or {}).get("cpu_devices", 0))
+        return int((_saved_config(args) or {}).get("devices", 0))
     except (ValueError, TypeError):
         return 0
 
 
-def _cpu_device_count(args: argparse.Namespace) -> int:
-    """The CPU devices to give the run: ``--cpu-devices`` (or a resumed run's
-    saved value); for 0, as many as the run's algorithm and batch keep busy
-    enough to gain from the split, up to one per core
-    (:func:`pgjax.parallel.devices_that_pay`)."""
-    from pgjax import parallel
-
-    count = _cpu_devices(args)
-    if count > 0:
-        return count
-    algo, num_envs, num_steps = _run_shape(args)
-    return parallel.devices_that_pay(algo, num_envs, num_steps, parallel.usable_cores())
-
-
-def _run_shape(args: argparse.Namespace) -> tuple[str, int, int]:
-    """``(algo, num_envs, num_steps)`` of the run to start or resume, without
-    starting JAX (bad values are reported later, by the config's checks)."""
+def _run_shape(args: argparse.Namespace) -> tuple[str, int, int, int]:
+    """``(algo, num_envs, num_steps, rows)`` of the run to start or resume,
+    without starting JAX (bad values are reported later, by the config's
+    checks); ``rows`` is seeds × swept configurations."""
     saved = _saved_config(args)
     if saved is not None:
         try:
-            return str(saved["algo"]), int(saved["num_envs"]), int(saved["num_steps"])
+            rows = int(saved["num_seeds"])
+            for values in (saved.get("sweep") or {}).values():
+                rows *= len(values)
+            return (
+                str(saved["algo"]),
+                int(saved["num_envs"]),
+                int(saved["num_steps"]),
+                rows,
+            )
         except (KeyError, ValueError, TypeError):
             pass  # the resume reports what is wrong with the folder
     config = resolve_config(args)
-    return config.algo, config.num_envs, config.num_steps
+    rows = config.num_seeds
+    for values in resolve_sweep(args).values():
+        rows *= len(values)
+    return config.algo, config.num_envs, config.num_steps, rows
 
 
 def _train_main(argv: list[str] | None, start_time: float) -> int:
     args = build_parser().parse_args(argv)
     # Before JAX starts its backends (importing pgjax.runner does, through
-    # gymnax): the CPU devices to split the envs across (pgjax.parallel), as
-    # many as the batch keeps busy, up to one per core. No-op on accelerators.
-    from pgjax import parallel
+    # gymnax): on a CPU, the JAX devices to split the run across, as many as
+    # the batch keeps busy, up to one per core (pgjax.hardware).
+    from pgjax import hardware
 
-    parallel.use_cpu_cores(_cpu_device_count(args))
+    hardware.prepare_devices(*_run_shape(args), _devices(args))
     if args.resume:
         if args.run_dir is None:
             return fail("--resume: needs --run-dir, the run folder to continue")
@@ -304,11 +302,8 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
 
     try:
         train.make_train(config)
-    except ValueError as error:
-        flag = "--env" if "environment" in str(error) else "--algo"
-        if "critic" in str(error):
-            flag = "--critic"
-        return fail(f"{flag}: {error}")
+    except ConfigError as error:
+        return fail(str(error))
 
     from pgjax import runner
 

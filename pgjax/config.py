@@ -116,16 +116,12 @@ class TrainConfig:
         "rows per block of the update's forward/backward passes (-1 = auto: 2048 "
         "on CPU, whole batch on accelerators; 0 = whole batch)",
     )
-    cpu_devices: int = _field(
+    devices: int = _field(
         0,
-        "CPU devices (cores) the envs are split across, each running the "
-        "rollout and the update's passes on its share (0 = auto: as many, up "
-        "to one per core, as the algorithm's batch keeps busy enough to gain "
-        "from the split, else 1; 1 = no split). Set by train.py (and "
-        "benchmark.py, where 0 = one per core) before JAX starts; "
-        "XLA_FLAGS' or JAX_NUM_CPU_DEVICES' count wins; ignored on "
-        "accelerators. The split decides which envs share a critic minibatch, "
-        "so results differ across counts (not in law)",
+        "local devices of each process the run uses (0 = auto: on a CPU, one "
+        "JAX device per core, as many as the batch keeps busy enough to gain "
+        "from the split; on accelerators, all). Seeds are split over the "
+        "devices first, envs over the rest; results do not depend on it",
     )
     kl_envs: int = _field(
         512,
@@ -275,7 +271,7 @@ def validate(config: TrainConfig) -> None:
     need(config.seed >= 0, "seed", "a non-negative integer")
     need(config.updates_per_chunk >= 0, "updates_per_chunk", ">= 0 (0 = automatic)")
     need(config.block_rows >= -1, "block_rows", ">= -1 (-1 = auto)")
-    need(config.cpu_devices >= 0, "cpu_devices", ">= 0 (0 = auto)")
+    need(config.devices >= 0, "devices", ">= 0 (0 = auto)")
     need(config.checkpoint_every >= -1, "checkpoint_every", ">= -1 (0 = automatic)")
     need(config.keep_checkpoints > 0, "keep_checkpoints", "a positive integer")
     need(config.max_backtracks > 0, "max_backtracks", "a positive integer")

@@ -36,74 +36,24 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-@jax.custom_jvp
-def dense_dot(x: Array, kernel: Array) -> Array:
-    """``x @ kernel`` for a Dense layer (``x [..., i]``, ``kernel [i, o]``), with
-    its derivative written for XLA's CPU matrix products.
-
-    The weight gradient ``xᵀ·g`` contracts over the batch axis. XLA:CPU emits
-    that product (both operands contracted on their leading axis) through a
-    slow generic path: for a 2048-row block it took 112 µs for a ``[64, 2]``
-    output and 46 µs for ``[64, 1]``. Transposing ``x`` first (a copy that
-    ``optimization_barrier`` keeps XLA from folding back into the product) makes
-    it an ordinary ``[i, B]·[B, o]`` product: 15 and 5 µs (docs/performance.md,
-    "Sixth session").
-
-    The rule is a JVP whose weight term is written with that transposed copy,
-    ``dx·W + (xᵀ)ᵀ·dW``: reverse mode transposes it into ``xᵀ·g``, and forward
-    mode (``jax.jvp``, ``jax.linearize``, Hessians) still works. Values and
-    derivatives are those of ``x @ kernel``.
-    """
-    return x @ kernel
-
-
-@dense_dot.defjvp
-def _dense_dot_jvp(primals, tangents):
-    x, kernel = primals
-    x_dot, kernel_dot = tangents
-    out = x @ kernel
-    rows = x.reshape(-1, x.shape[-1])
-    x_t = lax.optimization_barrier(rows.T)  # [i, B], materialised
-    weight_term = lax.dot_general(x_t, kernel_dot, (((0,), (0,)), ((), ())))
-    out_dot = weight_term.reshape(out.shape).astype(out.dtype)
-    out_dot = out_dot + x_dot @ kernel
-    return out, out_dot
-
-
-def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-    """``lax.dot_general`` signature for ``nn.Dense``, routed to :func:`dense_dot`."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    standard = (
-        tuple(lhs_contract) == (lhs.ndim - 1,)
-        and tuple(rhs_contract) == (0,)
-        and rhs.ndim == 2
-        and not lhs_batch
-        and not rhs_batch
-        and precision is None
-        and kwargs.get("preferred_element_type") is None
-    )
-    if not standard:
-        return lax.dot_general(lhs, rhs, dimension_numbers, precision, **kwargs)
-    return dense_dot(lhs, rhs)
-
-
 class MLP(nn.Module):
     """``Dense → activation`` for each hidden width, then a linear output layer.
 
-    ``fast_weight_grads``: the Dense products go through :func:`dense_dot`
-    (same values and derivatives, faster weight gradients on a CPU).
+    ``dot_general``: the Dense layers' product (None: ``lax.dot_general``); a
+    backend may give one with the same values and derivatives that its
+    compiler runs faster (:class:`pgjax.backend.Backend`).
     """
 
     hidden: Sequence[int]
     out_dim: int
     activation: str = "tanh"
     out_scale: float = 1.0
-    fast_weight_grads: bool = False
+    dot_general: Callable | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         act = ACTIVATIONS[self.activation]
-        dot = _dense_dot_general if self.fast_weight_grads else lax.dot_general
+        dot = self.dot_general or lax.dot_general
         for width in self.hidden:
             x = nn.Dense(
                 width,
@@ -125,12 +75,12 @@ class GaussianHead(nn.Module):
     action_dim: int
     activation: str
     init_log_std: float
-    fast_weight_grads: bool = False
+    dot_general: Callable | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
         mean = MLP(
-            self.hidden, self.action_dim, self.activation, 0.01, self.fast_weight_grads
+            self.hidden, self.action_dim, self.activation, 0.01, self.dot_general
         )(x)
         log_std = self.param(
             "log_std",
@@ -192,18 +142,15 @@ def make_policy(
     hidden: Sequence[int] = (64, 64),
     activation: str = "tanh",
     init_log_std: float = 0.0,
-    fast_weight_grads: bool = False,
+    dot_general: Callable | None = None,
 ) -> Policy:
-    """The actor for ``spec``'s action space (``fast_weight_grads``: see
-    :func:`dense_dot`)."""
+    """The actor for ``spec``'s action space (``dot_general``: see :class:`MLP`)."""
     hidden = tuple(hidden)
     if spec.discrete:
-        module = MLP(hidden, spec.num_actions, activation, 0.01, fast_weight_grads)
+        module = MLP(hidden, spec.num_actions, activation, 0.01, dot_general)
     else:
         action_dim = math.prod(spec.action_shape)
-        module = GaussianHead(
-            hidden, action_dim, activation, init_log_std, fast_weight_grads
-        )
+        module = GaussianHead(hidden, action_dim, activation, init_log_std, dot_general)
     return Policy(module=module, discrete=spec.discrete, obs_shape=spec.obs_shape)
 
 
@@ -212,12 +159,12 @@ def make_critic(
     hidden: Sequence[int] = (64, 64),
     activation: str = "tanh",
     q_values: bool = False,
-    fast_weight_grads: bool = False,
+    dot_general: Callable | None = None,
 ) -> Critic:
     """A state-value critic, or an action-value critic (discrete actions only);
-    ``fast_weight_grads``: see :func:`dense_dot`."""
+    ``dot_general``: see :class:`MLP`."""
     if q_values and not spec.discrete:
         raise ValueError("an action-value (Q) critic needs a discrete action space")
     out_dim = spec.num_actions if q_values else 1
-    module = MLP(tuple(hidden), out_dim, activation, 1.0, fast_weight_grads)
+    module = MLP(tuple(hidden), out_dim, activation, 1.0, dot_general)
     return Critic(module=module, obs_shape=spec.obs_shape, q_values=q_values)

@@ -68,15 +68,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from pgjax import parallel, plotting
+from pgjax.backend import Backend
 from pgjax.checkpoints import Checkpointer, CheckpointError
-from pgjax.compilation import (
-    compile_lowered_chunk,
-    compile_once,
-    compile_traced_once,
-    lower_chunk,
-)
+from pgjax.compilation import compile_lowered, compile_with, lower
 from pgjax.config import (
     SWEEPABLE,
     Hyperparams,
@@ -84,6 +81,7 @@ from pgjax.config import (
     flag_name,
     resolve_algorithm_defaults,
 )
+from pgjax.hardware import backend_for
 from pgjax.train import Trainer, TrainState, default_updates_per_chunk, make_train
 
 # Settings that a resumed run may change: they do not alter the computation.
@@ -93,7 +91,7 @@ RESUME_MAY_CHANGE = (
     "keep_checkpoints",
     "tensorboard",
     "eval_episodes",
-    "cpu_devices",  # where the envs run, not what is learned (in law)
+    "devices",  # where the run's work is done, not what it computes
 )
 
 # Automatic checkpoints (checkpoint_every = 0): at the first chunk boundary past
@@ -687,6 +685,7 @@ def run(
     resume: bool = False,
     sweep: Mapping[str, Sequence[float]] | None = None,
     handle_signals: bool = True,
+    backend: Backend | None = None,
 ) -> RunResult:
     """Trains ``config.num_seeds`` seeds (per swept configuration), writes the folder.
 
@@ -709,6 +708,8 @@ def run(
         of a swept name is ignored).
       handle_signals: catch SIGINT/SIGTERM (main thread only): the first stops
         after the chunk in flight with a checkpoint; a second exits at once.
+      backend: how the run uses the hardware (default:
+        :func:`pgjax.hardware.backend_for` the config's ``devices``).
 
     Returns:
       The summary (also in summary.json; ``"interrupted": true`` when a signal
@@ -738,7 +739,9 @@ def run(
             "--tensorboard", "needs tensorboardX: pip install 'pgjax[tensorboard]'"
         )
     layout = make_layout(config, sweep)
-    trainer: Trainer = make_train(config)
+    if backend is None:
+        backend = backend_for(config, layout.num_rows)
+    trainer: Trainer = make_train(config, backend)
     checked = tuple(
         n for n in trainer.algorithm.metric_names if n not in ("learning_rate",)
     )
@@ -746,6 +749,7 @@ def run(
     columns += list(trainer.metric_names)
     traced_init = trace_init(trainer, layout)
     abstract = abstract_of(traced_init)
+    shardings = trainer.state_shardings(abstract)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
     if not resume and checkpointer.steps():
@@ -775,16 +779,18 @@ def run(
                 # Lowered here (Python, holding the GIL) before the initial
                 # state's program is lowered; compiled in a worker (no GIL),
                 # optimised: it runs hundreds of times (see compile_chunk).
-                lowered = lower_chunk(
+                lowered = lower(
                     trainer.train_chunk_batch,
                     abstract,
                     donate_argnums=0,
-                    sharding=parallel.replicated(config.num_envs),
+                    **chunk_shardings(backend, shardings),
                 )
-                return pool.submit(compile_lowered_chunk, lowered, config.algo)
+                return pool.submit(compile_lowered, lowered, backend.chunk_options)
 
             if resume and checkpointer.latest_step() is not None:
-                state, host_json, resumed_from = checkpointer.restore(abstract)
+                state, host_json, resumed_from = checkpointer.restore(
+                    abstract, shardings
+                )
                 host = _Host.from_json(host_json, layout.num_rows)
                 if host.steps.min() > config.total_timesteps:
                     raise RunFolderError(
@@ -803,7 +809,8 @@ def run(
                 # docs/performance.md, "Eleventh session").
                 chunk_compiled = compile_training_chunk()
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
-                state = _wait(pool, compile_init(traced_init), keys, hyper)
+                init = compile_init(trainer, layout, shardings)
+                state = _wait(pool, init, keys, hyper)
             if resume:
                 kept = truncate_metrics(run_dir / "metrics.csv", columns, host.csv_rows)
                 if kept < host.csv_rows:
@@ -819,9 +826,6 @@ def run(
             # The evaluation compiles after training, so that training starts
             # sooner (and an interrupted run never builds it).
             chunk_fn = chunk_compiled.result()
-            # On a multi-core CPU the chunk splits the envs across the cores
-            # and takes its state whole on each (pgjax.parallel).
-            state = parallel.place(state, config.num_envs)
             compile_seconds = time.time() - compile_start
             host.compile_seconds += compile_seconds
 
@@ -922,7 +926,12 @@ def run(
                 # Before the final save, so that its host record counts it.
                 eval_start = time.time()
                 evaluation = _wait(
-                    pool, compile_evaluation, trainer, abstract, config.eval_episodes
+                    pool,
+                    compile_evaluation,
+                    trainer,
+                    abstract,
+                    shardings,
+                    config.eval_episodes,
                 )
                 eval_compile_seconds = time.time() - eval_start
                 compile_seconds += eval_compile_seconds
@@ -934,6 +943,7 @@ def run(
             summary = _summary(
                 config, layout, host, eval_returns, wall_seconds, compile_seconds
             )
+            summary.update(layout_summary(backend))
             summary["checkpoint"] = last_saved.step
             if resumed_from is not None:
                 summary["resumed_from"] = resumed_from
@@ -1029,35 +1039,72 @@ def _checkpoint_due(config: TrainConfig, host: _Host, last: _SaveMarker) -> bool
 HEAVY_EVALUATION_EPISODES = 512
 
 
+def chunk_shardings(backend: Backend, shardings: Any) -> dict[str, Any]:
+    """``jax.jit``'s shardings of the training chunk: the state enters and
+    leaves as :meth:`~pgjax.train.Trainer.state_shardings` places it (so it
+    stays where it is between chunks), the metrics leave whole on every
+    device (every process reads them). Empty without a mesh."""
+    if shardings is None:
+        return {}
+    whole = NamedSharding(backend.mesh, PartitionSpec())
+    return {"in_shardings": (shardings,), "out_shardings": (shardings, whole)}
+
+
+def layout_summary(backend: Backend) -> dict[str, int]:
+    """How the run was laid over the devices, for summary.json."""
+    return {
+        "devices": backend.devices,
+        "seed_shards": backend.seed_shards,
+        "env_shards": backend.env_shards,
+        "processes": jax.process_count(),
+    }
+
+
 def compile_evaluation(
-    trainer: Trainer, abstract: Any, episodes: int
+    trainer: Trainer, abstract: Any, shardings: Any, episodes: int
 ) -> Callable[[TrainState], np.ndarray]:
-    """Compiles the final evaluation for states shaped like ``abstract`` ``[R]``.
+    """Compiles the final evaluation for states shaped like ``abstract`` ``[R]``
+    (placed as ``shardings``: each device evaluates its seeds, and splits
+    their episodes like training's envs).
 
     The returned function gives each row's mean mode-action return over
     ``episodes`` fresh episodes (keys derived from the row's own key).
     """
+    backend = trainer.backend
 
     def returns(state: TrainState) -> jax.Array:
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 2**20)
         evaluate = functools.partial(
             trainer.evaluate, num_episodes=episodes, deterministic=True
         )
-        return jax.vmap(evaluate, axis_name=parallel.SEEDS)(state, keys)
+        return parallel.vmap_seeds(evaluate, backend)(state, keys)
 
     rows = jax.tree.leaves(abstract)[0].shape[0]
-    compiled = compile_once(
-        returns, abstract, heavy=rows * episodes >= HEAVY_EVALUATION_EPISODES
+    heavy = rows * episodes >= HEAVY_EVALUATION_EPISODES
+    options = backend.heavy_run_once_options if heavy else backend.run_once_options
+    jit_shardings = {}
+    if shardings is not None:
+        jit_shardings = {
+            "in_shardings": (shardings,),
+            "out_shardings": NamedSharding(backend.mesh, PartitionSpec()),
+        }
+    compiled = compile_with(returns, abstract, options=options, **jit_shardings)
+    return lambda state: np.asarray(jax.device_get(compiled(state))).mean(axis=1)
+
+
+def compile_init(trainer: Trainer, layout: Layout, shardings: Any) -> Callable:
+    """The compiled ``(keys, hyper) -> [R] state`` (no weak types, see
+    :func:`strong`), built with the backend's run-once options and placing
+    the state as ``shardings``."""
+    config = trainer.config
+    backend = trainer.backend
+    return compile_with(
+        lambda k, h: strong(trainer.init_batch(k, h)),
+        row_keys(config, layout),
+        row_hyper(config, layout),
+        options=backend.run_once_options,
+        out_shardings=shardings,
     )
-    return lambda state: np.asarray(
-        jax.device_get(compiled(parallel.on_one_device(state)))
-    ).mean(axis=1)
-
-
-def compile_init(traced_init: jax.stages.Traced) -> Callable:
-    """The compiled ``(keys, hyper) -> [R] state`` of :func:`trace_init`, at
-    -O0 like every run-once program (:func:`~pgjax.compilation.compile_once`)."""
-    return compile_traced_once(traced_init)
 
 
 def _summary(
@@ -1081,8 +1128,6 @@ def _summary(
         else [float(x) for x in eval_returns],
         "eval_episodes": config.eval_episodes,
         "steps_per_second": float(host.steps.sum() / max(host.train_seconds, 1e-9)),
-        # Devices the envs were split across (pgjax.parallel; 1: not split).
-        "env_shards": parallel.env_shards(config.num_envs),
         "compile_seconds": compile_seconds,
         "compile_seconds_all_sessions": host.compile_seconds,
         "train_seconds": host.train_seconds,

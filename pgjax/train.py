@@ -7,7 +7,9 @@ seed has collected ``total_timesteps`` steps of experience, so every chunk has
 the same shape (one compilation) and the last one simply idles.
 
 Seeds and sweeps are a ``vmap`` over :class:`TrainState` (its hyperparameters
-are traced leaves): see :meth:`Trainer.init_batch`.
+are traced leaves): see :meth:`Trainer.init_batch`. How the work is laid over
+devices is the :class:`~pgjax.backend.Backend`'s business (seeds over its
+``seeds`` axis, envs over its ``envs`` axis); what a seed computes is not.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from pgjax import algos, envs, parallel, rollout
-from pgjax.config import Hyperparams, TrainConfig
+from pgjax.backend import ENVS, IDENTITY, SEEDS, Backend
+from pgjax.config import ConfigError, Hyperparams, TrainConfig
 from pgjax.envs import EnvBatchState, EnvSpec
 
 Array = jax.Array
@@ -50,17 +54,21 @@ class TrainState:
     hyper: Hyperparams
 
 
-def split_env_batch(env: EnvBatchState) -> EnvBatchState:
-    """``env`` with its per-env leaves split across the devices
-    (:func:`pgjax.parallel.split_envs`); the shared observation statistics
-    stay whole."""
-    num_envs = env.obs.shape[0]
+def per_env_leaves(env: EnvBatchState, fn) -> EnvBatchState:
+    """``env`` with ``fn`` applied to its per-env parts (``[N, ...]`` leaves);
+    the shared observation statistics as they are."""
     return env.replace(
-        env_state=parallel.split_envs(env.env_state, num_envs),
-        obs=parallel.split_envs(env.obs, num_envs),
-        episode_return=parallel.split_envs(env.episode_return, num_envs),
-        episode_length=parallel.split_envs(env.episode_length, num_envs),
+        env_state=fn(env.env_state),
+        obs=fn(env.obs),
+        episode_return=fn(env.episode_return),
+        episode_length=fn(env.episode_length),
     )
+
+
+def split_env_batch(env: EnvBatchState, backend: Backend) -> EnvBatchState:
+    """``env`` with its per-env leaves split across the envs axis
+    (:func:`pgjax.parallel.split_envs`); the observation statistics whole."""
+    return per_env_leaves(env, lambda tree: parallel.split_envs(tree, backend))
 
 
 BASE_METRICS = ("env_steps", "episode_return", "episode_length", "episodes")
@@ -90,6 +98,7 @@ class Trainer:
     spec: EnvSpec
     algorithm: algos.Algorithm
     updates_per_chunk: int
+    backend: Backend = IDENTITY
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -122,8 +131,25 @@ class Trainer:
         # waits for it from inside that pool, which deadlocked (process idle
         # forever) on 2-core machines. One seed at a time also makes each
         # row's initial state exactly the single-seed one.
-        states = jax.lax.map(lambda args: self.init(*args), (keys, hyper))
-        return parallel.replicate(states, self.config.num_envs)
+        return jax.lax.map(lambda args: self.init(*args), (keys, hyper))
+
+    def state_shardings(self, abstract: TrainState) -> TrainState | None:
+        """Shardings of a ``[R]`` state shaped like ``abstract`` on the
+        backend's mesh (None without one): every leaf split over the seeds
+        axis by row, the per-env leaves also over the envs axis. A chunk
+        takes and returns its state so, which keeps it where it is between
+        chunks; checkpoints save and restore it so."""
+        mesh = self.backend.mesh
+        if mesh is None:
+            return None
+        rows = NamedSharding(mesh, PartitionSpec(SEEDS))
+        row_envs = NamedSharding(mesh, PartitionSpec(SEEDS, ENVS))
+        shardings = jax.tree.map(lambda _: rows, abstract)
+        return shardings.replace(
+            env=per_env_leaves(
+                shardings.env, lambda tree: jax.tree.map(lambda _: row_envs, tree)
+            )
+        )
 
     def done(self, state: TrainState) -> Array:
         """Whether the seed has collected its ``total_timesteps``."""
@@ -135,13 +161,16 @@ class Trainer:
         progress = jnp.clip(
             state.experience.astype(jnp.float32) / self.config.total_timesteps, 0, 1
         )
-        # On a multi-core CPU the envs are split across its cores (devices):
-        # the rollout and the update's passes run on each one's share.
+        # With the envs split across devices, the rollout and the update's
+        # passes run on each one's share.
         env_state, batch, _ = self.algorithm.collect(
-            state.agent, split_env_batch(state.env), collect_key, state.hyper
+            state.agent,
+            split_env_batch(state.env, self.backend),
+            collect_key,
+            state.hyper,
         )
-        env_state = split_env_batch(env_state)
-        batch = parallel.split_envs(batch, self.config.num_envs, axis=1)
+        env_state = split_env_batch(env_state, self.backend)
+        batch = parallel.split_envs(batch, self.backend, axis=1)
         agent, metrics = self.algorithm.update(
             state.agent, batch, update_key, state.hyper, progress
         )
@@ -179,21 +208,21 @@ class Trainer:
             state, metrics = jax.lax.cond(active, update, idle, state)
             return state, {**metrics, "active": active}
 
-        state, metrics = jax.lax.scan(slot, state, None, length=self.updates_per_chunk)
-        # Whole on every device between chunks, as it came in (init_batch).
-        return parallel.replicate((state, metrics), self.config.num_envs)
+        return jax.lax.scan(slot, state, None, length=self.updates_per_chunk)
 
     def train_chunk_batch(
         self, state: TrainState
     ) -> tuple[TrainState, dict[str, Array]]:
         """:meth:`train_chunk` over a leading seed axis ``[S]``.
 
-        ``vmap`` for several seeds; with one seed the axis is dropped and added
-        back instead, so the program is the unbatched one (``lax.cond`` stays a
-        branch rather than becoming a select of both sides).
+        ``vmap`` for several seeds (split over the mesh's seeds axis,
+        :func:`pgjax.parallel.vmap_seeds`); with one seed the axis is dropped
+        and added back instead, so the program is the unbatched one
+        (``lax.cond`` stays a branch rather than becoming a select of both
+        sides).
         """
         if jax.tree.leaves(state)[0].shape[0] > 1:
-            return jax.vmap(self.train_chunk, axis_name=parallel.SEEDS)(state)
+            return parallel.vmap_seeds(self.train_chunk, self.backend)(state)
         single = jax.tree.map(lambda x: x[0], state)
         single, metrics = self.train_chunk(single)
         return jax.tree.map(lambda x: x[None], (single, metrics))
@@ -221,7 +250,8 @@ class Trainer:
         """Undiscounted returns ``[num_episodes]`` of fresh episodes.
 
         Uses the mode action when ``deterministic``; observations are normalised
-        with the seed's statistics (frozen).
+        with the seed's statistics (frozen). The episodes are split over the
+        envs axis like training's envs (when the devices divide them).
         """
         agent = state.agent
 
@@ -232,6 +262,7 @@ class Trainer:
         env_key, run_key = jax.random.split(key)
         env_state = envs.reset(self.spec, env_key, num_episodes)
         env_state = env_state.replace(obs_norm=state.env.obs_norm)
+        env_state = split_env_batch(env_state, self.backend)
         _, batch, _ = rollout.collect_episodes(
             self.spec, act_fn, env_state, run_key, self.config.normalize_obs
         )
@@ -249,20 +280,25 @@ def default_updates_per_chunk(config: TrainConfig) -> int:
     return int(min(100, max(1, updates // 20)))
 
 
-def make_train(config: TrainConfig) -> Trainer:
-    """Builds the pure training functions for ``config``.
+def make_train(config: TrainConfig, backend: Backend = IDENTITY) -> Trainer:
+    """Builds the pure training functions for ``config`` on ``backend`` (the
+    default: one device, nothing tuned).
 
     Raises:
-      ValueError: for an unknown environment or algorithm, or settings that do
-        not fit together (the message names the setting).
+      ConfigError: for an unknown environment or algorithm, or settings that
+        do not fit together (its ``flag`` names the setting).
     """
-    spec = envs.make_env(config.env)
-    algorithm = algos.make_algorithm(config, spec)
+    try:
+        spec = envs.make_env(config.env)
+    except ValueError as error:
+        raise ConfigError("--env", str(error)) from None
+    algorithm = algos.make_algorithm(config, spec, backend)
     return Trainer(
         config=config,
         spec=spec,
         algorithm=algorithm,
         updates_per_chunk=default_updates_per_chunk(config),
+        backend=backend,
     )
 
 

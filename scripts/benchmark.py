@@ -48,29 +48,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgjax import parallel  # imports jax, starts no backend
+from pgjax import cpu  # imports jax, starts no backend
 
 
-def _cpu_devices_flag(argv: list[str]) -> int:
-    """``--cpu-devices`` from ``argv`` (0 if absent or bad: main() reports it)."""
+def _devices_flag(argv: list[str]) -> int:
+    """``--devices`` from ``argv`` (0 if absent or bad: main() reports it)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--cpu-devices", default="0")
-    value = parser.parse_known_args(argv)[0].cpu_devices
+    parser.add_argument("--devices", default="0")
+    value = parser.parse_known_args(argv)[0].devices
     return int(value) if value.isdigit() else 0
 
 
 if __name__ == "__main__":
-    # One CPU device per core, as train.py: before gymnax (imported below)
-    # starts JAX's backends.
-    parallel.use_cpu_cores(_cpu_devices_flag(sys.argv[1:]) or None)
+    # On a CPU, one JAX device per core (or --devices): before gymnax
+    # (imported below) starts JAX's backends.
+    cpu.use_cpu_cores(_devices_flag(sys.argv[1:]) or None)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pgjax import envs, presets  # noqa: E402
+from pgjax import envs, hardware, parallel, presets, runner  # noqa: E402
 from pgjax.algos import natural_pg  # noqa: E402
-from pgjax.compilation import chunk_options, compile_chunk  # noqa: E402
+from pgjax.compilation import compile_lowered, lower  # noqa: E402
 from pgjax.config import TrainConfig  # noqa: E402
 from pgjax.train import make_train, split_env_batch  # noqa: E402
 
@@ -101,16 +101,14 @@ def median_time(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def compiled(fn, *args, algo: str | None = None, sharding=None):
+def compiled(fn, *args, backend=None, **jit_kwargs):
     """``(executable, compile_seconds)`` of ``jax.jit(fn)`` for these arguments,
-    with the XLA options train.py gives ``algo``'s chunk (none without ``algo``:
-    the ceiling and the reference get XLA's defaults) and, with ``sharding``,
-    its input and output shardings (:func:`compile_chunk`)."""
+    with the chunk's XLA options of ``backend`` (none without one: the ceiling
+    and the reference get XLA's defaults) and ``jax.jit``'s ``jit_kwargs``
+    (shardings, donation)."""
     start = time.perf_counter()
-    if algo is None:
-        executable = jax.jit(fn).lower(*args).compile()
-    else:
-        executable = compile_chunk(fn, algo, *args, sharding=sharding)
+    options = None if backend is None else backend.chunk_options
+    executable = compile_lowered(lower(fn, *args, **jit_kwargs), options)
     return executable, time.perf_counter() - start
 
 
@@ -236,17 +234,21 @@ def bench_algorithm(
         # the 500-row buffer dominate them (2 updates measured 0.61× the
         # reference and 10 measured 1.24×, in separate runs).
         repeats = max(1, min(repeats, 3))
-    trainer = make_train(dataclasses.replace(config, updates_per_chunk=updates))
+    config = dataclasses.replace(config, updates_per_chunk=updates)
+    backend = hardware.backend_for(config, config.num_seeds, jax.devices())
+    trainer = make_train(config, backend)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
-    state = jax.jit(trainer.init_batch)(keys)
+    abstract = jax.eval_shape(trainer.init_batch, keys)
+    shardings = trainer.state_shardings(abstract)
+    state = jax.jit(trainer.init_batch, out_shardings=shardings)(keys)
     # The program train.py runs: unbatched for one seed, so that the idle-slot
     # lax.cond stays a branch instead of vmap's select of both sides, and
     # REINFORCE's block loop stops at the seed's own last valid row.
     executable, compile_s = compiled(
         trainer.train_chunk_batch,
         state,
-        algo=config.algo,
-        sharding=parallel.replicated(config.num_envs),
+        backend=backend,
+        **runner.chunk_shardings(backend, shardings),
     )
     # Steps per chunk vary for episodic algorithms: count them from the metrics.
     _, metrics = executable(state)
@@ -276,19 +278,19 @@ def bench_algorithm(
     single = jax.tree.map(lambda x: x[0], state)
     algo, hyper = trainer.algorithm, single.hyper
 
-    # Split across the CPU's devices as in the chunk (Trainer.update).
+    # Split across the devices as in the chunk (Trainer.update).
     def collect(state):
         def body(carry, key):
             env_state, batch, _ = algo.collect(
-                state.agent, split_env_batch(carry), key, hyper
+                state.agent, split_env_batch(carry, backend), key, hyper
             )
-            return split_env_batch(env_state), jnp.sum(batch.reward)
+            return split_env_batch(env_state, backend), jnp.sum(batch.reward)
 
         return jax.lax.scan(body, state.env, jax.random.split(state.key, updates))
 
     def collect_once(agent, env, key):
-        _, batch, _ = algo.collect(agent, split_env_batch(env), key, hyper)
-        return parallel.split_envs(batch, config.num_envs, axis=1)
+        _, batch, _ = algo.collect(agent, split_env_batch(env, backend), key, hyper)
+        return parallel.split_envs(batch, backend, axis=1)
 
     # Made split, as in the chunk: the learning programs below (and
     # natural_phase_seconds) take it with that sharding as is.
@@ -301,8 +303,8 @@ def bench_algorithm(
 
         return jax.lax.scan(body, state.agent, jax.random.split(state.key, updates))
 
-    collect_exec, _ = compiled(collect, single, algo=config.algo)
-    learn_exec, _ = compiled(learn, single, batch, algo=config.algo)
+    collect_exec, _ = compiled(collect, single, backend=backend)
+    learn_exec, _ = compiled(learn, single, batch, backend=backend)
     # In alternation, like the phases below: the split compares the two.
     rollout_times, learn_times = paired_times(
         [(collect_exec, (single,)), (learn_exec, (single, batch))], repeats
@@ -316,8 +318,8 @@ def bench_algorithm(
         "num_steps": config.num_steps,
         "num_seeds": config.num_seeds,
         # The devices this measurement split the envs across, and those
-        # train.py would (its --cpu-devices 0 splits only where that pays).
-        "env_shards": parallel.env_shards(config.num_envs),
+        # train.py would (its --devices 0 splits only where that pays).
+        "env_shards": backend.env_shards,
         "train_py_env_shards": train_py_env_shards(config),
         "steps_per_second": steps / seconds,
         "compile_seconds": compile_s,
@@ -334,9 +336,9 @@ def bench_algorithm(
 
 def train_py_env_shards(config) -> int:
     """The devices train.py would split ``config``'s envs across (with its
-    ``--cpu-devices 0``, see :func:`parallel.devices_that_pay`), given as
+    ``--devices 0``, see :func:`pgjax.cpu.devices_that_pay`), given as
     many devices as this process has."""
-    return parallel.devices_that_pay(
+    return cpu.devices_that_pay(
         config.algo, config.num_envs, config.num_steps, len(jax.devices())
     )
 
@@ -345,7 +347,9 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     """NPG/TRPO learning-step time per phase (policy gradient, CG solve, line
     search, critic fit), from programs that stop after each phase in turn."""
     hyper = single.hyper
-    prefixes = natural_pg.phase_prefix_updates(trainer.config, trainer.spec)
+    prefixes = natural_pg.phase_prefix_updates(
+        trainer.config, trainer.spec, trainer.backend
+    )
     programs = []
     for update in prefixes.values():
 
@@ -364,7 +368,7 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
             keys = jax.random.split(state.key, updates)
             return jax.lax.scan(body, state.agent, keys)
 
-        executable, _ = compiled(learn, single, batch, algo=trainer.config.algo)
+        executable, _ = compiled(learn, single, batch, backend=trainer.backend)
         programs.append((executable, (single, batch)))
     times = paired_times(programs, repeats)
     return phase_costs(list(prefixes), times, updates)
@@ -503,7 +507,7 @@ def main(argv=None) -> int:
         "reference, algorithms, scaling, solve",
     )
     parser.add_argument(
-        "--cpu-devices",
+        "--devices",
         type=int,
         default=0,
         help="CPU devices to split the envs across in this process's "
@@ -512,8 +516,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
-    if args.cpu_devices < 0:
-        parser.error("--cpu-devices: must be >= 0 (0 = one per core)")
+    if args.devices < 0:
+        parser.error("--devices: must be >= 0 (0 = one per core)")
     # Run as a script, the device count was set before JAX started (above).
     skip = set(filter(None, args.skip.split(",")))
     algos = [a for a in args.algos.split(",") if a]
@@ -531,7 +535,12 @@ def main(argv=None) -> int:
         "updates_per_chunk": args.updates,
         "repeats": args.repeats,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "chunk_compiler_options": {algo: chunk_options(algo) for algo in algos},
+        "chunk_compiler_options": {
+            algo: dict(cpu.CHUNK_OPTIONS.get(algo, {}))
+            if device.platform == "cpu"
+            else {}
+            for algo in algos
+        },
     }
 
     def log(message):
@@ -586,7 +595,7 @@ def main(argv=None) -> int:
                 )
                 + (
                     f" (on {result['env_shards']} devices; train.py runs it on "
-                    f"{result['train_py_env_shards']}: see --cpu-devices)"
+                    f"{result['train_py_env_shards']}: see --devices)"
                     if result["env_shards"] != result["train_py_env_shards"]
                     else ""
                 )
@@ -630,7 +639,7 @@ def main(argv=None) -> int:
         seeds = [int(x) for x in args.solve_seeds.split(",") if x]
         report["solve"] = {}
         for algo in algos:
-            extra = ["--cpu-devices", str(args.cpu_devices)] if args.cpu_devices else []
+            extra = ["--devices", str(args.devices)] if args.devices else []
             result = bench_solve(algo, args.env, seeds, extra, cold=args.solve_cold)
             report["solve"][algo] = result
             log(

@@ -161,7 +161,7 @@ def evaluate(args: argparse.Namespace) -> int:
             )
         abstract = runner.abstract_state(trainer, layout)
         try:
-            state, _, step = checkpointer.restore(abstract, args.checkpoint)
+            state, _, step = checkpointer.restore(abstract, step=args.checkpoint)
         except CheckpointError as error:
             raise BadInput(f"--checkpoint: {error}") from None
     finally:

@@ -17,13 +17,13 @@ from pathlib import Path
 import jax
 import pytest
 
-from pgjax import parallel
+from pgjax import cpu
 from pgjax.config import TrainConfig
 
 # The tests' own programs (plain jax.jit) compile at XLA's backend level 0:
 # most run once or twice on tiny inputs, so LLVM's optimisation costs more
-# than it saves (the 9 slowest tests: 130 s -> 86 s on 2 cores). The trainer's
-# chunks still get their own options (pgjax.compilation.compile_chunk), as in
+# than it saves (a third off the suite's time on 2 cores). The trainer's
+# chunks still get their backend's options (pgjax.cpu), as in
 # every user's run. A level the caller already chose is kept.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
@@ -31,9 +31,9 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     ).strip()
 
 # Two CPU devices, as train.py gives a 2-core machine: every test runs the
-# split-envs programs that users run (pgjax.parallel); tests of one device's
+# split programs that users run (pgjax.parallel); tests of one device's
 # programs say so. Before anything starts JAX's backends.
-parallel.use_cpu_cores(2)
+cpu.use_cpu_cores(2)
 
 CACHE_DIR = Path(
     os.environ.get("PGJAX_TEST_COMPILATION_CACHE")

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from pgjax import envs, parallel, rollout
-from pgjax.algos import base
+from pgjax.algos import base, blocks
+from pgjax.algos import critic as critic_lib
+from pgjax.backend import IDENTITY, Backend, make_mesh
 from pgjax.config import TrainConfig
+
+# The envs of these tests split over the test process's two CPU devices, as a
+# run on two devices splits them (pgjax.parallel).
+SPLIT = Backend(mesh=make_mesh(jax.devices(), rows=1, num_envs=8))
 
 
 @pytest.mark.parametrize(
@@ -16,7 +22,7 @@ from pgjax.config import TrainConfig
 )
 def test_next_state_values_match_full_pass(env_id, num_steps):
     spec = envs.make_env(env_id)
-    policy, critic = base.make_networks(TrainConfig(), spec)
+    policy, critic = base.make_networks(TrainConfig(), spec, IDENTITY)
     key = jax.random.PRNGKey(3)
     actor_params, critic_params = policy.init(key), critic.init(key)
     state = envs.reset(spec, key, 16)
@@ -29,7 +35,7 @@ def test_next_state_values_match_full_pass(env_id, num_steps):
         return critic.apply(critic_params, obs)
 
     values = value_fn(batch.obs)
-    cheap = base.next_state_values(value_fn, batch, values, spec.max_episode_steps)
+    cheap = critic_lib.next_state_values(value_fn, batch, values, spec.max_episode_steps)
     full = value_fn(batch.next_obs)
     # Wherever the value is used (not after a termination) the two agree.
     used = ~np.asarray(batch.terminated)
@@ -39,10 +45,10 @@ def test_next_state_values_match_full_pass(env_id, num_steps):
 
 
 def test_num_blocks_tiles_rows():
-    assert base.num_blocks(65536, 2048) == 32
-    assert base.num_blocks(100, 0) == 1
-    assert base.num_blocks(96, 40) == 3
-    assert 96 % base.num_blocks(96, 40) == 0
+    assert blocks.num_blocks(65536, 2048) == 32
+    assert blocks.num_blocks(100, 0) == 1
+    assert blocks.num_blocks(96, 40) == 3
+    assert 96 % blocks.num_blocks(96, 40) == 0
 
 
 def test_blocked_grad_equals_full_grad():
@@ -52,8 +58,8 @@ def test_blocked_grad_equals_full_grad():
     def loss(w, block):
         return jnp.mean(jnp.tanh(block @ w)) / count, jnp.zeros(())
 
-    count = base.block_count(8, 6, 16)
-    blocked, _ = base.blocked_grad(loss, w, x, 16)
+    count = blocks.block_count(8, 6, 16, SPLIT)
+    blocked, _ = blocks.blocked_grad(loss, w, x, 16, SPLIT)
     full = jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w)))(w)
     np.testing.assert_allclose(blocked, full, rtol=1e-5, atol=1e-6)
 
@@ -64,7 +70,7 @@ def test_blocked_grad_outputs_are_the_per_row_forward_pass(block_rows):
     gradient and sums as without it."""
     x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 3))
     w = jnp.arange(3.0)
-    count = base.block_count(8, 6, block_rows)
+    count = blocks.block_count(8, 6, block_rows, SPLIT)
 
     def loss(w, block):
         y = jnp.tanh(block @ w)
@@ -74,9 +80,9 @@ def test_blocked_grad_outputs_are_the_per_row_forward_pass(block_rows):
         y = jnp.tanh(block @ w)
         return jnp.mean(y) / count, (jnp.sum(y), {"y": y, "twice": 2 * y})
 
-    grads, total = base.blocked_grad(loss, w, x, block_rows)
-    grads_o, total_o, outputs = base.blocked_grad(
-        loss_with_outputs, w, x, block_rows, with_outputs=True
+    grads, total = blocks.blocked_grad(loss, w, x, block_rows, SPLIT)
+    grads_o, total_o, outputs = blocks.blocked_grad(
+        loss_with_outputs, w, x, block_rows, SPLIT, with_outputs=True
     )
     np.testing.assert_array_equal(grads_o, grads)
     np.testing.assert_array_equal(total_o, total)
@@ -93,11 +99,11 @@ def test_phase_prefix_updates_end_with_the_full_update(algo):
     from pgjax.train import make_train
 
     config = TrainConfig(algo=algo, num_envs=8, num_steps=8, kl_envs=8)
-    trainer = make_train(config)
+    trainer = make_train(config, SPLIT)
     state = trainer.init(jax.random.PRNGKey(0))
     algorithm, hyper = trainer.algorithm, state.hyper
     _, batch, _ = algorithm.collect(state.agent, state.env, state.key, hyper)
-    prefixes = natural_pg.phase_prefix_updates(config, trainer.spec)
+    prefixes = natural_pg.phase_prefix_updates(config, trainer.spec, SPLIT)
     expected = ["policy_gradient", "cg_solve", "critic_fit"]
     if algo == "trpo":
         expected.insert(2, "line_search")
@@ -137,9 +143,9 @@ def _regression_problem():
 def test_fit_critic_one_minibatch_is_one_clipped_adam_step(block_rows):
     params, data, loss_fn = _regression_problem()
     lr, clip = jnp.asarray(0.1), jnp.asarray(0.5)
-    fitted, _, loss, grad_norm = base.fit_critic(
+    fitted, _, loss, grad_norm = critic_lib.fit_critic(
         loss_fn, params, base.ADAM.init(params), data, jax.random.PRNGKey(0),
-        lr, clip, epochs=1, minibatches=1, block_rows=block_rows,
+        lr, clip, epochs=1, minibatches=1, block_rows=block_rows, backend=SPLIT,
     )  # fmt: skip
     assert grad_norm > clip  # the step below is a clipped one
     obs, targets = data
@@ -152,38 +158,21 @@ def test_fit_critic_one_minibatch_is_one_clipped_adam_step(block_rows):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def _env_groups(orders, minibatches):
-    """The envs of each minibatch of one epoch of :func:`base.fit_critic`:
-    ``orders[d]`` is device ``d``'s order of its own envs, and minibatch
-    ``m`` is the ``m``-th group of that order on every device."""
-    local = len(orders[0])
-    return [
-        np.concatenate(
-            [
-                d * local + order.reshape(minibatches, -1)[m]
-                for d, order in enumerate(orders)
-            ]
-        )
-        for m in range(minibatches)
-    ]
+def _env_groups(order, minibatches):
+    """The envs of each minibatch of one epoch of :func:`critic_lib.fit_critic`:
+    minibatch ``m`` holds the envs at positions ``j ≡ m (mod M)`` of the
+    epoch's order (over global env indices, whatever the devices)."""
+    return [order[m::minibatches] for m in range(minibatches)]
 
 
-def _epoch_orders(key, epochs, envs, minibatches):
-    """Each epoch's per-device env orders: in order first, then each env
-    gets two random uint32 per later epoch (``bits(key, (epochs - 1, N, 2))``)
-    and each device takes its own envs in the order of theirs."""
-    shards = parallel.env_shards(envs // minibatches)
-    local = envs // shards
-    orders = [[np.arange(local)] * shards]
+def _epoch_orders(key, epochs, envs):
+    """Each epoch's env order: in order first, then each env gets two random
+    uint32 per later epoch (``bits(key, (epochs - 1, N, 2))``) and the epoch
+    takes the envs in the order of theirs."""
+    orders = [np.arange(envs)]
     if epochs > 1:
         bits = np.asarray(jax.random.bits(key, (epochs - 1, envs, 2)))
-        for epoch_bits in bits:
-            orders.append(
-                [
-                    np.lexsort((share[:, 1], share[:, 0]))
-                    for share in np.split(epoch_bits, shards)
-                ]
-            )
+        orders += [np.lexsort((b[:, 1], b[:, 0])) for b in bits]
     return orders
 
 
@@ -195,12 +184,13 @@ def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
     # them by hand (clipped to 0.5).
     params, (obs, targets), loss_fn = _regression_problem()
     lr, clip, key = jnp.asarray(0.05), jnp.asarray(0.5), jax.random.PRNGKey(7)
-    fitted, _, _, _ = base.fit_critic(
+    fitted, _, _, _ = critic_lib.fit_critic(
         loss_fn, params, base.ADAM.init(params), (obs, targets), key,
         lr, clip, epochs=3, minibatches=4, block_rows=block_rows,
+        backend=SPLIT,
     )  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    epochs = [_env_groups(orders, 4) for orders in _epoch_orders(key, 3, 8, 4)]
+    epochs = [_env_groups(order, 4) for order in _epoch_orders(key, 3, 8)]
     assert not all(
         np.array_equal(a, b) for a, b in zip(epochs[1], epochs[2], strict=True)
     )
@@ -224,16 +214,16 @@ def test_fit_critic_single_epoch_takes_env_groups_in_order():
     params, (obs, targets), loss_fn = _regression_problem()
     lr, clip = jnp.asarray(0.05), jnp.asarray(0.5)
     fits = [
-        base.fit_critic(
+        critic_lib.fit_critic(
             loss_fn, params, base.ADAM.init(params), (obs, targets),
             jax.random.PRNGKey(seed), lr, clip, epochs=1, minibatches=4,
-            block_rows=0,
+            block_rows=0, backend=SPLIT,
         )[0]
         for seed in (0, 1)
     ]  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    (orders,) = _epoch_orders(jax.random.PRNGKey(0), 1, 8, 4)
-    for group in _env_groups(orders, 4):
+    (order,) = _epoch_orders(jax.random.PRNGKey(0), 1, 8)
+    for group in _env_groups(order, 4):
         block = (obs[:, group].reshape(6, 2), targets[:, group].reshape(6))
         grads, _ = base.clip_by_global_norm(jax.grad(loss_fn)(expected, block), clip)
         expected, opt_state = base.adam_step(expected, opt_state, grads, lr)
@@ -258,10 +248,10 @@ def test_fit_critic_traces_its_minibatch_step_once():
     for epochs in (1, 3):
         traced.clear()
         jax.make_jaxpr(
-            lambda p, d, e=epochs: base.fit_critic(
+            lambda p, d, e=epochs: critic_lib.fit_critic(
                 counted_loss, p, base.ADAM.init(p), d, jax.random.PRNGKey(0),
                 jnp.asarray(0.05), jnp.asarray(0.5), epochs=e, minibatches=4,
-                block_rows=0,
+                block_rows=0, backend=SPLIT,
             )
         )(params, data)  # fmt: skip
         assert len(traced) == 1, epochs
@@ -269,7 +259,7 @@ def test_fit_critic_traces_its_minibatch_step_once():
 
 def test_valid_rows_lists_the_valid_flat_rows_first():
     valid = jnp.array([[True, False, True], [False, True, False]])
-    index, count = base.valid_rows(valid)
+    index, count = blocks.valid_rows(valid)
     assert int(count) == 3
     np.testing.assert_array_equal(index, [0, 2, 4, 0, 0, 0])
 
@@ -288,11 +278,13 @@ def test_compacted_grad_and_map_equal_the_masked_full_pass(block_rows):
         block_x, in_range = block
         return jnp.sum(in_range * jnp.tanh(block_x @ w)), jnp.sum(in_range)
 
-    grads, rows = base.compacted_grad(loss, w, x, valid, block_rows)
+    grads, rows = blocks.compacted_grad(loss, w, x, valid, block_rows, SPLIT)
     full = jax.grad(lambda w: jnp.sum(valid * jnp.tanh(x @ w)))(w)
     np.testing.assert_allclose(grads, full, rtol=1e-5, atol=1e-6)
     assert int(rows) == 33  # every valid row once, no padding row
-    values = base.compacted_map(lambda b: jnp.tanh(b @ w), x, valid, block_rows)
+    values = blocks.compacted_map(
+        lambda b: jnp.tanh(b @ w), x, valid, block_rows, SPLIT
+    )
     expected = np.where(np.asarray(valid), np.tanh(np.asarray(x @ w)), 0.0)
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
 
@@ -304,9 +296,9 @@ def test_compacted_grad_of_no_valid_row_is_zero():
     def loss(w, block):
         return jnp.sum(block[1] * (block[0] @ w)), jnp.zeros(())
 
-    grads, _ = base.compacted_grad(loss, jnp.ones(3), x, valid, 2)
+    grads, _ = blocks.compacted_grad(loss, jnp.ones(3), x, valid, 2, SPLIT)
     np.testing.assert_array_equal(grads, 0.0)
-    values = base.compacted_map(lambda b: b @ jnp.ones(3), x, valid, 2)
+    values = blocks.compacted_map(lambda b: b @ jnp.ones(3), x, valid, 2, SPLIT)
     np.testing.assert_array_equal(values, 0.0)
 
 
@@ -336,8 +328,10 @@ def test_compacted_passes_under_a_vmap_over_seeds_share_one_block_loop():
         return jnp.sum(in_range * jnp.tanh(block_x @ w)), jnp.sum(in_range)
 
     def passes(x, valid):
-        grads, _ = base.compacted_grad(loss, w, x, valid, 4)
-        return grads, base.compacted_map(lambda b: jnp.tanh(b @ w), x, valid, 4)
+        grads, _ = blocks.compacted_grad(loss, w, x, valid, 4, SPLIT)
+        return grads, blocks.compacted_map(
+            lambda b: jnp.tanh(b @ w), x, valid, 4, SPLIT
+        )
 
     shared = jax.vmap(passes, axis_name=parallel.SEEDS)
     loops = list(_while_loops(jax.make_jaxpr(shared)(x, valid).jaxpr))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, run_main
 
-from pgjax import cli, parallel, presets, runner
+from pgjax import cli, cpu, hardware, presets, runner
 from pgjax.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,8 +181,9 @@ def test_a2c_smoke_summary(a2c_run):
     assert 0 < summary["compile_seconds"] < summary["wall_seconds"]
     assert summary["eval_return"] >= 1.0  # CartPole pays 1 per step
     # An A2C batch of 64 × 8 runs faster on one device than split across the
-    # cores, and train.py's --cpu-devices 0 knows it (parallel.devices_that_pay).
-    assert summary["env_shards"] == 1
+    # cores, and train.py's --devices 0 knows it (pgjax.cpu.devices_that_pay):
+    # its 2 seeds go one to each core instead.
+    assert (summary["seed_shards"], summary["env_shards"]) == (2, 1)
 
 
 @pytest.mark.parametrize(
@@ -193,6 +194,8 @@ def test_a2c_smoke_summary(a2c_run):
         (["--algo", "a2c", "--num-envs", "4096"], 2),  # 16384 rows
         (["--algo", "a2c", "--num-envs", "4096", "--num-steps", "16"], 2),
         (["--algo", "a2c", "--num-envs", "4097", "--num-steps", "16"], 1),
+        (["--algo", "a2c", "--num-seeds", "2"], 2),  # each device its seed
+        (["--algo", "a2c", "--lr", "1e-3,3e-3"], 2),  # each device its config
         (["--algo", "npg"], 2),  # the preset: 256 envs × 32 steps
         (["--algo", "npg", "--num-envs", "64"], 1),
         (["--algo", "trpo", "--num-envs", "128"], 2),
@@ -200,56 +203,47 @@ def test_a2c_smoke_summary(a2c_run):
         (["--algo", "reinforce"], 1),  # the preset: 64 envs
         (["--algo", "reinforce", "--num-envs", "512"], 1),
         (["--algo", "reinforce", "--num-envs", "1024"], 2),
-        (["--algo", "a2c", "--num-envs", "4096", "--cpu-devices", "1"], 1),
-        (["--algo", "a2c", "--cpu-devices", "2"], 2),
+        (["--algo", "a2c", "--num-envs", "4096", "--devices", "1"], 1),
+        (["--algo", "a2c", "--devices", "2"], 2),
     ],
 )
-def test_cpu_devices_0_splits_where_the_split_pays(flags, expected, monkeypatch):
-    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+def test_devices_0_uses_the_cpu_devices_that_pay(flags, expected, monkeypatch):
+    monkeypatch.setattr(cpu, "usable_cores", lambda: 2)
     args = cli.build_parser().parse_args(flags)
-    assert cli._cpu_device_count(args) == expected
-
-
-@pytest.mark.parametrize(
-    "algo, num_envs, num_steps, expected",
-    [
-        ("a2c", 4096, 16, 8),  # 65536 rows: 8192 for each of 8 devices
-        ("a2c", 4096, 4, 2),
-        ("a2c", 1024, 4, 1),
-        ("npg", 1000, 32, 10),  # 15 would get 2048 rows each but divide no 1000
-        ("reinforce", 4096, 1, 8),  # 512 envs each
-        ("reinforce", 64, 1, 1),
-    ],
-)
-def test_devices_that_pay_on_16_cores(algo, num_envs, num_steps, expected):
-    assert parallel.devices_that_pay(algo, num_envs, num_steps, 16) == expected
+    count = hardware.cpu_device_count(*cli._run_shape(args), cli._devices(args))
+    assert count == expected
 
 
 def test_a_resumed_run_keeps_the_device_choice_of_its_saved_shape(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cpu, "usable_cores", lambda: 2)
     saved = runner.config_to_json(TrainConfig(algo="a2c", num_envs=8192, num_steps=16))
     (tmp_path / "config.json").write_text(json.dumps(saved))
     args = cli.build_parser().parse_args(["--resume", "--run-dir", str(tmp_path)])
-    assert cli._cpu_device_count(args) == 2  # split: 8192 × 16 rows
+
+    def count():
+        return hardware.cpu_device_count(*cli._run_shape(args), cli._devices(args))
+
+    assert count() == 2  # split: 8192 × 16 rows
     saved.update(num_envs=64)
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert cli._cpu_device_count(args) == 1
+    assert count() == 1
 
 
-def test_cpu_devices_1_runs_on_one_device_and_resume_keeps_it(tmp_path):
+def test_devices_1_runs_on_one_device_and_resume_keeps_it(tmp_path):
     run_dir = tmp_path / "run"
     tiny = ["--num-envs", "8", "--num-steps", "4", "--eval-episodes", "2"]
     tiny += ["--no-progress", "--run-dir", str(run_dir)]
-    proc = run_script(*tiny, "--total-timesteps", "64", "--cpu-devices", "1")
+    proc = run_script(*tiny, "--total-timesteps", "64", "--devices", "1")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["env_shards"] == 1
-    # Resumed without the flag, the run keeps its saved --cpu-devices.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["devices"] == 1 and summary["env_shards"] == 1
+    # Resumed without the flag, the run keeps its saved --devices.
     proc = run_script(*tiny, "--total-timesteps", "128", "--resume")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["env_shards"] == 1 and summary["total_timesteps"] >= 128
+    assert summary["devices"] == 1 and summary["total_timesteps"] >= 128
 
 
 def test_a2c_smoke_learning_curve_png(a2c_run):
@@ -363,8 +357,8 @@ BAD_INPUTS = [
         "--critic-minibatches",
     ),
     (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
-    (["--cpu-devices", "-1"], "--cpu-devices"),
-    (["--cpu-devices", "two"], "--cpu-devices"),
+    (["--devices", "-1"], "--devices"),
+    (["--devices", "two"], "--devices"),
 ]
 
 

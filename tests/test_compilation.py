@@ -1,103 +1,117 @@
-"""The chunk's XLA options: which algorithms get them, and that they compile."""
+"""Compiling with a backend's options (:mod:`pgjax.compilation`), and which
+options the runner gives each program.
+
+Neutral: these hold for any backend. The CPU profile's own options and what
+they do to a compiled program are pinned in tests/test_cpu_profile.py.
+"""
+
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pgjax import compilation
+from pgjax import compilation, runner
+from pgjax.backend import Backend
+from pgjax.config import TrainConfig
+from pgjax.train import make_train
 
-
-def test_chunk_options_per_algorithm_on_cpu_only():
-    ynnpack = "xla_cpu_experimental_ynn_fusion_type"
-    level = "xla_backend_optimization_level"
-    for algo in ("a2c", "npg", "trpo", "reinforce"):
-        options = compilation.chunk_options(algo, "cpu")
-        assert options == compilation.CPU_CHUNK_OPTIONS[algo]
-        assert (ynnpack in options) == (algo != "reinforce")
-        assert options[level] == 1
-        assert compilation.chunk_options(algo, "gpu") == {}
-    assert compilation.chunk_options("other", "cpu") == {}
-    # A copy: callers cannot change the table.
-    compilation.chunk_options("a2c", "cpu")[level] = 3
-    assert compilation.CPU_CHUNK_OPTIONS["a2c"][level] == 1
+LEVEL = "xla_backend_optimization_level"
 
 
-def _kl_of_two_mlps(actor, other, obs):
-    """The pattern YNNPACK fused slowly under vmap: a policy's KL between two
-    small MLPs (products, tanh, log-softmax, a mean) in one subgraph."""
-
-    def logits(params, x):
-        return jnp.tanh(x @ params[0]) @ params[1]
-
-    a = jax.nn.log_softmax(logits(actor, obs))
-    b = jax.nn.log_softmax(logits(other, obs))
-    return jnp.mean(jnp.sum(jnp.exp(a) * (a - b), axis=-1))
-
-
-def test_compile_chunk_keeps_ynnpack_to_single_products_and_agrees_with_jit():
-    seeds, keys = 32, jax.random.split(jax.random.PRNGKey(0), 5)
-    actor = [
-        jax.random.normal(keys[0], (seeds, 4, 64)),
-        jax.random.normal(keys[1], (seeds, 64, 2)),
-    ]
-    other = [
-        jax.random.normal(keys[2], (seeds, 4, 64)),
-        jax.random.normal(keys[3], (seeds, 64, 2)),
-    ]
-    obs = jax.random.normal(keys[4], (seeds, 1024, 4))
-    fn = jax.vmap(_kl_of_two_mlps)
-    compiled = compilation.compile_chunk(fn, "a2c", actor, other, obs)
-    plain = jax.jit(fn).lower(actor, other, obs).compile()
-    np.testing.assert_allclose(
-        compiled(actor, other, obs), plain(actor, other, obs), rtol=1e-4
-    )
-    if jax.default_backend() == "cpu":
-        text = compiled.as_text()
-        # One YNNPACK call per product, none fusing products with the rest.
-        assert text.count("__ynn_fusion") == text.count(" dot(") == 4
-
-
-def test_compile_chunk_drops_only_the_options_jaxlib_lacks(monkeypatch):
-    options = {"xla_cpu_no_such_option": "1", "xla_backend_optimization_level": 1}
-    monkeypatch.setattr(compilation, "chunk_options", lambda algo: dict(options))
+@pytest.fixture
+def compile_calls(monkeypatch):
+    """The ``compiler_options`` of every ``Lowered.compile`` call, in order."""
     seen = []
     compile_ = jax.stages.Lowered.compile
 
     def spy(self, compiler_options=None):
-        seen.append(dict(compiler_options or {}))
+        seen.append(compiler_options)
         return compile_(self, compiler_options=compiler_options)
 
     monkeypatch.setattr(jax.stages.Lowered, "compile", spy)
-    compiled = compilation.compile_chunk(lambda x: x + 1.0, "a2c", jnp.ones(3))
+    return seen
+
+
+def test_compile_lowered_drops_only_the_options_jaxlib_lacks(compile_calls):
+    options = {"xla_cpu_no_such_option": "1", LEVEL: 1}
+    lowered = compilation.lower(lambda x: x + 1.0, jnp.ones(3))
+    compiled = compilation.compile_lowered(lowered, options)
     np.testing.assert_array_equal(compiled(jnp.ones(3)), 2.0)
-    assert seen == [options, {"xla_backend_optimization_level": 1}]
+    assert compile_calls == [options, {LEVEL: 1}]
 
 
-def test_compile_chunk_donates_its_argument():
-    compiled = compilation.compile_chunk(
-        lambda x: x * 2.0, "a2c", jnp.ones(3), donate_argnums=0
+def test_compile_lowered_keeps_known_options_and_defaults_to_none(compile_calls):
+    lowered = compilation.lower(lambda x: x * 3.0, jnp.ones(3))
+    compiled = compilation.compile_lowered(lowered, {LEVEL: 1})
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), 3.0)
+    for no_options in (None, {}):
+        compilation.compile_lowered(lowered, no_options)
+    # One compile per call: nothing dropped, nothing retried; no options at
+    # all are XLA's defaults.
+    assert compile_calls == [{LEVEL: 1}, None, None]
+
+
+def test_compile_with_options_agrees_with_jit():
+    def fn(x, w):
+        return jnp.tanh(x @ w).sum(axis=0)
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 8))
+    w = jax.random.normal(jax.random.PRNGKey(1), (8, 4))
+    compiled = compilation.compile_with(fn, x, w, options={LEVEL: 1})
+    np.testing.assert_allclose(compiled(x, w), jax.jit(fn)(x, w), rtol=1e-6)
+
+
+def test_compile_with_donates_its_argument():
+    compiled = compilation.compile_with(
+        lambda x: x * 2.0, jnp.ones(3), donate_argnums=0
     )
     x = jnp.ones(3)
     np.testing.assert_array_equal(compiled(x), 2.0)
     if jax.default_backend() == "cpu":
         assert x.is_deleted()
+    kept = jnp.ones(3)
+    compilation.compile_with(lambda x: x * 2.0, kept)(kept)
+    assert not kept.is_deleted()
 
 
-def test_final_evaluation_is_compiled_at_o1_only_when_heavy(monkeypatch):
-    from pgjax import runner
-    from pgjax.config import TrainConfig
-    from pgjax.train import make_train
+def test_compile_with_places_outputs_as_asked():
+    devices = jax.devices()[:2]
+    if len(devices) < 2:
+        pytest.skip("needs two devices")
+    mesh = Mesh(np.asarray(devices).reshape(1, 2), ("seeds", "envs"))
+    split = NamedSharding(mesh, PartitionSpec("envs"))
+    compiled = compilation.compile_with(
+        lambda x: x + 1.0, jax.ShapeDtypeStruct((4,), jnp.float32), out_shardings=split
+    )
+    out = compiled(jnp.zeros(4))
+    np.testing.assert_array_equal(out, 1.0)
+    assert out.sharding.is_equivalent_to(split, 1)
 
-    trainer = make_train(TrainConfig(algo="a2c", num_envs=4, num_steps=2))
-    heavy_flags = []
 
-    def fake_compile_once(fn, *args, heavy=False):
-        heavy_flags.append(heavy)
+def test_final_evaluation_gets_heavy_options_only_when_heavy(monkeypatch):
+    light, heavy = {"light": 0}, {"heavy": 1}
+    backend = Backend(run_once_options=light, heavy_run_once_options=heavy)
+    trainer = make_train(TrainConfig(algo="a2c", num_envs=4, num_steps=2), backend)
+    calls = []
+
+    def fake_compile_with(fn, *args, options=None, **jit_kwargs):
+        calls.append((options, jit_kwargs))
         return fn
 
-    monkeypatch.setattr(runner, "compile_once", fake_compile_once)
-    for rows, episodes in [(1, 128), (3, 128), (4, 128), (32, 16)]:
+    monkeypatch.setattr(runner, "compile_with", fake_compile_with)
+    cases = [(1, 128), (3, 128), (4, 128), (32, 16), (1, 1024)]
+    for rows, episodes in cases:
         keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(rows))
         abstract = jax.eval_shape(trainer.init_batch, keys)
-        runner.compile_evaluation(trainer, abstract, episodes)
-    assert heavy_flags == [False, False, True, True]
+        runner.compile_evaluation(trainer, abstract, None, episodes)
+    expected = [
+        heavy if rows * episodes >= runner.HEAVY_EVALUATION_EPISODES else light
+        for rows, episodes in cases
+    ]
+    assert light in expected and heavy in expected  # the cases straddle it
+    assert [options for options, _ in calls] == expected
+    # Without shardings, JAX places the evaluation.
+    assert all(jit_kwargs == {} for _, jit_kwargs in calls)

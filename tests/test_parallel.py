@@ -1,46 +1,70 @@
-"""Tests of pgjax.parallel: the envs split across two CPU devices (conftest).
+"""Tests of pgjax.parallel and of the same run on any device layout.
 
-Each split pass is checked against the same pass on one device, and one
-update of every algorithm against a process with a single device.
+The test process has two CPU devices (conftest). Each split pass is checked
+against the same pass with the identity backend (one device, nothing split),
+and whole updates of every algorithm against it, with the envs split over
+the devices and with the seeds split over them: only the order of
+floating-point sums may differ.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import parallel
-from pgjax.algos import base
+from pgjax import parallel, runner
+from pgjax.algos import base, blocks, critic
+from pgjax.backend import IDENTITY, Backend, make_mesh, mesh_shape
 from pgjax.config import TrainConfig
+from pgjax.train import make_train
 
-ROOT = Path(__file__).resolve().parent.parent
+ENV_SPLIT = Backend(mesh=make_mesh(jax.devices(), rows=1, num_envs=8))
+SEED_SPLIT = Backend(mesh=make_mesh(jax.devices(), rows=2, num_envs=8))
 
 
-def test_two_devices_split_envs_they_divide():
+def test_mesh_splits_seeds_first_then_envs():
     assert len(jax.devices()) == 2
-    assert parallel.env_shards(8) == 2
-    assert parallel.env_shards(7) == 1  # odd counts stay on one device
-    assert parallel.env_mesh(7) is None
-    assert base.block_count(3, 8, 4) == 2 * base.num_blocks(12, 4)
-    assert base.block_count(3, 7, 4) == base.num_blocks(21, 4)
+    assert (ENV_SPLIT.seed_shards, ENV_SPLIT.env_shards) == (1, 2)
+    assert (SEED_SPLIT.seed_shards, SEED_SPLIT.env_shards) == (2, 1)
+    assert mesh_shape(8, rows=4, num_envs=16) == (4, 2)
+    assert mesh_shape(8, rows=3, num_envs=16) == (1, 8)
+    assert mesh_shape(8, rows=6, num_envs=5) == (2, 1)  # 4 devices idle
+    assert mesh_shape(1, rows=4, num_envs=16) == (1, 1)
+    assert make_mesh(jax.devices()[:1], rows=2, num_envs=8) is None
+    assert IDENTITY.devices == 1
 
 
-def test_first_envs_takes_each_devices_first_envs():
+def test_env_shards_of_sizes_the_devices_do_not_divide():
+    assert parallel.env_shards_of(ENV_SPLIT, 8) == 2
+    assert parallel.env_shards_of(ENV_SPLIT, 7) == 1
+    assert parallel.env_shards_of(IDENTITY, 8) == 1
+    assert blocks.block_count(3, 8, 4, ENV_SPLIT) == 2 * blocks.num_blocks(12, 4)
+    assert blocks.block_count(3, 7, 4, ENV_SPLIT) == blocks.num_blocks(21, 4)
+
+
+def test_strided_envs_are_defined_over_global_indices():
     x = jnp.arange(16).reshape(2, 8)
-    np.testing.assert_array_equal(parallel.first_envs(x, 4), x[:, [0, 1, 4, 5]])
-    np.testing.assert_array_equal(parallel.first_envs(x, 3), x[:, :3])  # 3 ∤ 2
-    np.testing.assert_array_equal(parallel.first_envs(x, 8), x)
-    np.testing.assert_array_equal(parallel.first_envs(x, 100), x)
+    np.testing.assert_array_equal(parallel.strided_envs(x, 4), x[:, ::2])
+    np.testing.assert_array_equal(parallel.strided_envs(x, 2), x[:, ::4])
+    np.testing.assert_array_equal(parallel.strided_envs(x, 3), x[:, :3])  # 3 ∤ 8
+    np.testing.assert_array_equal(parallel.strided_envs(x, 8), x)
     y = jnp.arange(48.0).reshape(2, 8, 3)
-    np.testing.assert_array_equal(parallel.first_envs(y, 4), y[:, [0, 1, 4, 5]])
+    np.testing.assert_array_equal(parallel.strided_envs(y, 4), y[:, ::2])
+    # The same envs whether the batch is split or not.
+    split = jax.jit(
+        lambda v: parallel.strided_envs(parallel.split_envs(v, ENV_SPLIT, 1), 4)
+    )(y)
+    np.testing.assert_array_equal(split, y[:, ::2])
+
+
+def test_minibatches_are_strided_over_global_env_indices():
+    x = jnp.arange(2 * 8).reshape(2, 8)
+    split = critic.minibatch_split(x, 4)
+    assert split.shape == (4, 2, 2)
+    for m in range(4):
+        np.testing.assert_array_equal(split[m], x[:, m::4])
 
 
 def _mlp_problem():
@@ -67,30 +91,23 @@ def test_blocked_grad_split_equals_one_device(block_rows):
 
     expected = jax.grad(full_loss)(params)
 
-    def loss(count):
+    def run(backend):
+        count = blocks.block_count(4, 8, block_rows, backend)
+
         def block_loss(p, block):
             x, y = block
             prediction = forward(p, x)
             value = jnp.mean(jnp.square(prediction - y)) / count
             return value, (value, {"prediction": prediction})
 
-        return block_loss
+        return jax.jit(
+            lambda p, d: blocks.blocked_grad(
+                block_loss, p, d, block_rows, backend, with_outputs=True
+            )
+        )(params, (obs, targets))
 
-    split = base.blocked_grad(
-        loss(base.block_count(4, 8, block_rows)),
-        params,
-        (obs, targets),
-        block_rows,
-        with_outputs=True,
-    )
-    local = jax.jit(base.blocked_grad_local, static_argnums=(0, 3, 4))(
-        loss(base.num_blocks(32, block_rows)),
-        params,
-        (obs, targets),
-        block_rows,
-        True,
-    )
-    for grads, summed, outputs in (split, local):
+    split = run(ENV_SPLIT)
+    for grads, summed, outputs in (split, run(IDENTITY)):
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(summed, full_loss(params), rtol=1e-5)
@@ -103,7 +120,9 @@ def test_blocked_grad_split_equals_one_device(block_rows):
 
 def test_blocked_map_split_keeps_row_order():
     params, obs, _, forward = _mlp_problem()
-    out = jax.jit(lambda o: base.blocked_map(lambda x: forward(params, x), o, 4))(obs)
+    out = jax.jit(
+        lambda o: blocks.blocked_map(lambda x: forward(params, x), o, 4, ENV_SPLIT)
+    )(obs)
     np.testing.assert_allclose(out, forward(params, obs), rtol=1e-5, atol=1e-6)
 
 
@@ -117,7 +136,9 @@ def test_compacted_grad_and_map_split_equal_the_masked_batch():
         errors = jnp.square(forward(p, x) - y)
         return jnp.sum(jnp.where(in_range, errors, 0.0)) / num_valid, ()
 
-    grads, _ = base.compacted_grad(block_loss, params, (obs, targets), valid, 3)
+    grads, _ = blocks.compacted_grad(
+        block_loss, params, (obs, targets), valid, 3, ENV_SPLIT
+    )
 
     def masked(p):
         errors = jnp.square(forward(p, obs) - targets)
@@ -127,107 +148,120 @@ def test_compacted_grad_and_map_split_equal_the_masked_batch():
         jax.tree.leaves(grads), jax.tree.leaves(jax.grad(masked)(params)), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    values = base.compacted_map(lambda x: forward(params, x), obs, valid, 3)
+    values = blocks.compacted_map(
+        lambda x: forward(params, x), obs, valid, 3, ENV_SPLIT
+    )
     np.testing.assert_allclose(
         values, jnp.where(valid, forward(params, obs), 0.0), rtol=1e-5, atol=1e-6
     )
 
 
-# One critic minibatch and a KL estimate over every env: then the split
-# changes nothing but rounding, and two updates on 2 devices must match a
-# process with one.
-EQUAL_SETTINGS = dict(
+@pytest.mark.parametrize("minibatches", [2, 4, 8])
+def test_critic_fit_is_the_same_split_or_not(minibatches):
+    # 8 envs in 2, 4 or 8 minibatches over 3 epochs (2 shuffled): with 8 the
+    # minibatches have 1 env, which the 2 devices cannot split (runs whole).
+    params, obs, targets, forward = _mlp_problem()
+
+    def adam_fit(backend):
+        def loss_fn(p, block):
+            x, y = block
+            return jnp.mean(jnp.square(forward(p, x) - y))
+
+        def fit(params, data):
+            return critic.fit_critic(
+                loss_fn,
+                params,
+                base.ADAM.init(params),
+                data,
+                jax.random.PRNGKey(5),
+                jnp.asarray(0.05),
+                jnp.asarray(10.0),
+                3,
+                minibatches,
+                4,
+                backend,
+            )
+
+        return jax.jit(fit)(params, (obs, targets))
+
+    one, split = adam_fit(IDENTITY), adam_fit(ENV_SPLIT)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(split), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # And the fit moved the critic.
+    assert not np.allclose(one[0]["w"], params["w"])
+
+
+# Two critic minibatches over two epochs (one shuffled) and a KL estimate on
+# half the envs: what a seed computes must not depend on the devices.
+SETTINGS = dict(
     env="CartPole-v1",
     num_envs=8,
     num_steps=4,
     total_timesteps=10**6,
     updates_per_chunk=2,
-    critic_minibatches=1,
-    kl_envs=8,
+    critic_minibatches=2,
+    critic_epochs=2,
+    kl_envs=4,
     block_rows=8,
+    hidden=(16,),
 )
-
-
-def two_updates(algo: str) -> dict[str, list[float]]:
-    """Every agent leaf and metric after 2 updates of ``algo`` (flattened)."""
-    from pgjax.train import make_train
-
-    settings = dict(EQUAL_SETTINGS, algo=algo)
-    if algo == "reinforce":
-        settings.pop("critic_minibatches")
-    trainer = make_train(TrainConfig(**settings))
-    state = jax.jit(trainer.init_batch)(jax.random.PRNGKey(0)[None])
-    state, metrics = jax.jit(trainer.train_chunk_batch)(state)
-    leaves = {f"agent/{i}": x for i, x in enumerate(jax.tree.leaves(state.agent))}
-    leaves.update({f"metric/{name}": x for name, x in metrics.items()})
-    return {k: np.asarray(v, np.float64).ravel().tolist() for k, v in leaves.items()}
-
-
 ALGOS = ("a2c", "npg", "trpo", "reinforce")
 
 
-def test_split_updates_match_one_device():
-    code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from tests.test_parallel import ALGOS, two_updates;"
-        "print(json.dumps({a: two_updates(a) for a in ALGOS}))"
+def chunk_results(algo: str, backend: Backend, seeds: int = 2):
+    """Every agent leaf and metric after one chunk of 2 updates of ``algo``
+    on ``backend`` for ``seeds`` seeds, compiled as the runner compiles it;
+    also the state (to check where it is)."""
+    settings = dict(SETTINGS, algo=algo)
+    if algo == "reinforce":
+        settings.pop("critic_minibatches")
+        settings.pop("critic_epochs")
+    trainer = make_train(TrainConfig(**settings), backend)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds))
+    abstract = jax.eval_shape(trainer.init_batch, keys)
+    shardings = trainer.state_shardings(abstract)
+    state = jax.jit(trainer.init_batch, out_shardings=shardings)(keys)
+    chunk = jax.jit(
+        trainer.train_chunk_batch, **runner.chunk_shardings(backend, shardings)
     )
-    environment = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
-    # The one-device runs compile in the subprocess while the split ones
-    # compile here (a compile leaves a core idle part of the time).
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(ROOT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-    )
-    try:
-        splits = {algo: two_updates(algo) for algo in ALGOS}
-    finally:
-        stdout, stderr = proc.communicate()
-    assert proc.returncode == 0, stderr[-2000:]
-    one_device = json.loads(stdout.strip().splitlines()[-1])
-    for algo in ALGOS:
-        split = splits[algo]
-        assert split.keys() == one_device[algo].keys()
+    state, metrics = chunk(state)
+    leaves = {f"agent/{i}": x for i, x in enumerate(jax.tree.leaves(state.agent))}
+    leaves.update({f"metric/{name}": x for name, x in metrics.items()})
+    values = {k: np.asarray(v, np.float64) for k, v in leaves.items()}
+    return values, state
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_updates_are_the_same_on_any_layout(algo):
+    one_device, _ = chunk_results(algo, IDENTITY)
+    for backend in (ENV_SPLIT, SEED_SPLIT):
+        split, state = chunk_results(algo, backend)
+        assert split.keys() == one_device.keys()
         for name, values in split.items():
             np.testing.assert_allclose(
                 values,
-                one_device[algo][name],
+                one_device[name],
                 rtol=2e-4,
                 atol=2e-5,
-                err_msg=f"{algo} {name}",
+                err_msg=f"{algo} {name} on {backend.mesh.shape}",
             )
+        # The state stays where the layout puts it between chunks.
+        obs = state.env.obs
+        assert obs.sharding.is_equivalent_to(
+            jax.sharding.NamedSharding(
+                backend.mesh, jax.sharding.PartitionSpec("seeds", "envs")
+            ),
+            obs.ndim,
+        )
 
 
 def test_replicated_parameters_stay_identical_on_every_device():
     # Each device applies the all-reduced gradient itself: the copies must
     # agree bit for bit after updates (else they would drift apart).
-    from pgjax.train import make_train
-
     for algo in ("a2c", "npg"):
-        trainer = make_train(TrainConfig(**dict(EQUAL_SETTINGS, algo=algo)))
-        state = jax.jit(trainer.init_batch)(jax.random.PRNGKey(1)[None])
-        state, _ = jax.jit(trainer.train_chunk_batch)(state)
+        _, state = chunk_results(algo, ENV_SPLIT, seeds=1)
         for leaf in jax.tree.leaves((state.agent.actor, state.agent.critic)):
             shards = [np.asarray(s.data) for s in leaf.addressable_shards]
             assert len(shards) == 2
             for other in shards[1:]:
                 np.testing.assert_array_equal(shards[0], other)
-
-
-def test_envs_the_devices_do_not_divide_run_on_one_device():
-    # 9 envs stay whole, though the 4 KL envs would split: one program, one
-    # device, called again with its own output.
-    from pgjax.train import make_train
-
-    settings = dict(EQUAL_SETTINGS, algo="npg", num_envs=9, kl_envs=4)
-    trainer = make_train(TrainConfig(**settings))
-    assert parallel.env_shards(9) == 1
-    state = jax.jit(trainer.init_batch)(jax.random.PRNGKey(2)[None])
-    chunk = jax.jit(trainer.train_chunk_batch)
-    state, metrics = chunk(chunk(state)[0])
-    assert np.all(np.isfinite(metrics["kl"]))
-    assert len(jax.tree.leaves(state.agent.actor)[0].sharding.device_set) == 1

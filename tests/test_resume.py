@@ -380,7 +380,7 @@ def test_second_sigint_exits_at_once_and_the_folder_stays_valid(tmp_path, capsys
         trainer = make_train(config)
         abstract = runner.abstract_state(trainer, runner.make_layout(config))
         with Checkpointer(run_dir, read_only=True) as checkpointer:
-            checkpointer.restore(abstract, step)
+            checkpointer.restore(abstract, step=step)
 
     argv = ["--resume", "--run-dir", str(run_dir), "--checkpoint-every", "-1"]
     code, _, err = call_cli(argv, capsys)
@@ -389,11 +389,11 @@ def test_second_sigint_exits_at_once_and_the_folder_stays_valid(tmp_path, capsys
     assert all(len(u) == 32768 // 128 for u in per_seed.values())
 
 
-def test_resume_may_change_the_cpu_device_count():
-    # Where the envs run is not what the run learns: a run from a 2-core
-    # machine may continue on another (bit-identical only on the same count).
+def test_resume_may_change_the_device_count():
+    # Where the work runs is not what the run computes: a run may continue
+    # on another number of devices (tests/test_topology.py runs one).
     saved = PLAIN
-    runner.check_resumable(saved, {}, dataclasses.replace(saved, cpu_devices=1), {})
+    runner.check_resumable(saved, {}, dataclasses.replace(saved, devices=1), {})
     with pytest.raises(runner.RunFolderError, match="--num-envs"):
         runner.check_resumable(saved, {}, dataclasses.replace(saved, num_envs=32), {})
 
@@ -405,17 +405,17 @@ def test_the_chunk_compiles_while_the_initial_state_compiles(tmp_path, monkeypat
     # one after the other, the wait would time out).
     chunk_started = threading.Event()
     overlapped = []
-    compile_chunk, compile_init = runner.compile_lowered_chunk, runner.compile_init
+    compile_chunk, compile_init = runner.compile_lowered, runner.compile_init
 
-    def spy_chunk(lowered, algo):
+    def spy_chunk(lowered, options):
         chunk_started.set()
-        return compile_chunk(lowered, algo)
+        return compile_chunk(lowered, options)
 
-    def spy_init(traced):
+    def spy_init(*args):
         overlapped.append(chunk_started.wait(timeout=60))
-        return compile_init(traced)
+        return compile_init(*args)
 
-    monkeypatch.setattr(runner, "compile_lowered_chunk", spy_chunk)
+    monkeypatch.setattr(runner, "compile_lowered", spy_chunk)
     monkeypatch.setattr(runner, "compile_init", spy_init)
     result = train(dataclasses.replace(PLAIN, total_timesteps=1024), tmp_path / "r")
     assert overlapped == [True]

@@ -20,6 +20,7 @@ import pytest
 
 from pgjax import parallel, runner, train, value_norm
 from pgjax.algos import base
+from pgjax.algos import critic as critic_lib
 from pgjax.config import Hyperparams, TrainConfig
 
 SEEDS = (0, 1)
@@ -49,7 +50,10 @@ class Trained:
 
     def networks(self):
         return base.make_networks(
-            self.config, self.trainer.spec, q_critic=self.config.critic == "q"
+            self.config,
+            self.trainer.spec,
+            self.trainer.backend,
+            q_critic=self.config.critic == "q",
         )
 
     def probs(self, obs):
@@ -63,7 +67,7 @@ class Trained:
         _, critic = self.networks()
 
         def one(params, stats):
-            return base.critic_value_fn(self.config, critic, params, stats)(obs)
+            return critic_lib.critic_value_fn(self.config, critic, params, stats)(obs)
 
         agent = self.states.agent
         return jax.vmap(one)(agent.critic, agent.value_stats)
@@ -86,7 +90,7 @@ def train_seeds(seeds=SEEDS, hyper=None, **overrides) -> Trained:
 
 # a2c's critic either takes its one step in the actor's blocked pass (1 epoch
 # of 1 minibatch, the CLI's default) or is fitted on its own after the actor's
-# step (base.fit_critic; TrainConfig's default of 2 epochs × 4 minibatches).
+# step (critic.fit_critic; TrainConfig's default of 2 epochs × 4 minibatches).
 A2C_CRITIC_FITS = [
     pytest.param(dict(critic_epochs=1, critic_minibatches=1), id="joint-step"),
     pytest.param(dict(critic_epochs=2, critic_minibatches=4), id="minibatch-fit"),

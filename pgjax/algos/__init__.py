@@ -1,4 +1,5 @@
-"""Algorithm registry: ``--algo NAME`` → a factory ``(config, spec) → Algorithm``.
+"""Algorithm registry: ``--algo NAME`` → a factory ``(config, spec, backend) →
+Algorithm``.
 
 Adding an algorithm is one module and one entry here; the trainer never branches
 on the name.
@@ -12,10 +13,11 @@ from pgjax.algos.a2c import make_a2c
 from pgjax.algos.base import Algorithm
 from pgjax.algos.natural_pg import make_npg, make_trpo
 from pgjax.algos.reinforce import make_reinforce
-from pgjax.config import TrainConfig
+from pgjax.backend import IDENTITY, Backend
+from pgjax.config import ConfigError, TrainConfig
 from pgjax.envs import EnvSpec
 
-REGISTRY: dict[str, Callable[[TrainConfig, EnvSpec], Algorithm]] = {
+REGISTRY: dict[str, Callable[[TrainConfig, EnvSpec, Backend], Algorithm]] = {
     "a2c": make_a2c,
     "reinforce": make_reinforce,
     "npg": make_npg,
@@ -23,16 +25,18 @@ REGISTRY: dict[str, Callable[[TrainConfig, EnvSpec], Algorithm]] = {
 }
 
 
-def make_algorithm(config: TrainConfig, spec: EnvSpec) -> Algorithm:
-    """The algorithm named by ``config.algo``, built for ``spec``."""
+def make_algorithm(
+    config: TrainConfig, spec: EnvSpec, backend: Backend = IDENTITY
+) -> Algorithm:
+    """The algorithm named by ``config.algo``, built for ``spec`` on ``backend``."""
     try:
         factory = REGISTRY[config.algo]
     except KeyError:
         names = ", ".join(sorted(REGISTRY))
-        raise ValueError(
-            f"unknown algorithm {config.algo!r}; choose from {names}"
+        raise ConfigError(
+            "--algo", f"unknown algorithm {config.algo!r}; choose from {names}"
         ) from None
-    return factory(config, spec)
+    return factory(config, spec, backend)
 
 
 __all__ = ["REGISTRY", "Algorithm", "make_algorithm"]

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from pgjax import losses, parallel, rollout, value_norm
-from pgjax.algos import base
-from pgjax.config import Hyperparams, TrainConfig, critic_fit
+from pgjax.algos import base, blocks
+from pgjax.algos import critic as critic_lib
+from pgjax.backend import Backend
+from pgjax.config import ConfigError, Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
 
 METRICS = (
@@ -42,22 +44,24 @@ METRICS = (
 )
 
 
-def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
     """Builds A2C for ``spec``; ``config.critic`` picks ``v`` or ``q``."""
     if config.critic not in ("v", "q"):
-        raise ValueError(f"--critic must be v or q, got {config.critic!r}")
+        raise ConfigError("--critic", f"must be v or q, got {config.critic!r}")
     q_critic = config.critic == "q"
-    policy, critic = base.make_networks(config, spec, q_critic=q_critic)
+    if q_critic and not spec.discrete:
+        raise ConfigError("--critic", "q needs a discrete action space")
+    policy, critic = base.make_networks(config, spec, backend, q_critic=q_critic)
 
     init = base.actor_critic_init(policy, critic)
     collect = base.fixed_length_collect(config, spec, policy)
 
-    block_rows = base.resolve_block_rows(config)
+    block_rows = blocks.block_rows_for(config, backend)
 
     def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
         """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
-        value_fn = base.critic_value_fn(config, critic, params["critic"], stats)
-        return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
+        value_fn = critic_lib.critic_value_fn(config, critic, params["critic"], stats)
+        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
 
     def q_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
         """``Q(s,a) − Σ_a π(a|s)Q(s,a)`` and TD(0) targets ``[T, N]``."""
@@ -75,8 +79,8 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             q_taken = jnp.sum(one_hot * q_values, axis=-1)
             return q_taken - losses.expected_value_baseline(q_values, probs), next_v
 
-        advantages, next_v = base.blocked_map(
-            forward, (batch.obs, batch.next_obs, batch.action), block_rows
+        advantages, next_v = blocks.blocked_map(
+            forward, (batch.obs, batch.next_obs, batch.action), block_rows, backend
         )
         rewards = batch.reward * hyper.reward_scale
         discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
@@ -126,10 +130,10 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             value_stats, params["critic"], targets = value_norm.fold_targets(
                 agent.value_stats, agent.critic, targets
             )
-        count = base.block_count(*batch.reward.shape, block_rows)
+        count = blocks.block_count(*batch.reward.shape, block_rows, backend)
         # The critic's targets (and its parameters) enter this pass only when
         # its step is taken here; None leaves are empty pytrees.
-        grads, metrics = base.blocked_grad(
+        grads, metrics = blocks.blocked_grad(
             make_block_loss(hyper, count),
             params if joint_critic_step else {"actor": params["actor"]},
             (
@@ -139,6 +143,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 targets if joint_critic_step else None,
             ),
             block_rows,
+            backend,
         )
         # Each network is clipped on its own: early on the critic's large
         # regression errors would otherwise throttle the actor's gradient.
@@ -162,7 +167,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 prediction = critic_prediction(critic_params, obs, action)
                 return losses.value_loss(prediction, block_targets)
 
-            critic_params, critic_opt, value_loss, critic_grad_norm = base.fit_critic(
+            fitted = critic_lib.fit_critic(
                 critic_loss,
                 params["critic"],
                 agent.critic_opt,
@@ -174,10 +179,12 @@ def make_a2c(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
                 critic_epochs,
                 critic_minibatches,
                 block_rows,
+                backend,
             )
+            critic_params, critic_opt, value_loss, critic_grad_norm = fitted
             metrics["value_loss"] = value_loss
-        # KL of this update on a slice of the envs (plenty for a mean estimate).
-        kl_obs = parallel.first_envs(batch.obs, config.kl_envs)
+        # KL of this update on a subset of the envs (plenty for a mean estimate).
+        kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
         kl = base.mean_kl(policy, agent.actor, actor, kl_obs)
         agent = base.ActorCriticState(
             actor,

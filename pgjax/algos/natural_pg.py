@@ -28,7 +28,7 @@ Fisher-vector products use the observations of the first ``--kl-envs`` envs (a
 subsample, as in TRPO's reference implementation), the surrogate and line search
 the whole batch. The old policy runs once per update: the pass that computes the
 policy gradient at θ_old also returns π_old on every row
-(``base.blocked_grad(..., with_outputs=True)``), which is what the KL terms
+(``blocks.blocked_grad(..., with_outputs=True)``), which is what the KL terms
 compare against, and TRPO's line search evaluates a candidate's surrogate and KL
 together in one blocked pass.
 """
@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from pgjax import losses, natural, parallel, value_norm
-from pgjax.algos import base
+from pgjax.algos import base, blocks
+from pgjax.algos import critic as critic_lib
+from pgjax.backend import Backend
 from pgjax.config import Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
 
@@ -65,14 +67,16 @@ PHASES = ("policy_gradient", "cg_solve", "line_search", "critic_fit")
 
 
 def _make_natural(
-    config: TrainConfig, spec: EnvSpec, line_search: bool, until: str | None = None
+    config: TrainConfig,
+    spec: EnvSpec,
+    backend: Backend,
+    line_search: bool,
+    until: str | None = None,
 ):
-    policy, critic = base.make_networks(config, spec)
-    block_rows = base.resolve_block_rows(config)
+    policy, critic = base.make_networks(config, spec, backend)
+    block_rows = blocks.block_rows_for(config, backend)
     # The linearised KL keeps every block's residuals and each CG iteration
-    # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache
-    # (npg 1.06× faster than in 2048-row blocks, 1.05× than unblocked;
-    # docs/performance.md, "Ninth session").
+    # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache.
     fvp_block_rows = max(block_rows // 2, 1) if block_rows > 0 else 0
     name = "trpo" if line_search else "npg"
 
@@ -80,17 +84,17 @@ def _make_natural(
     collect = base.fixed_length_collect(config, spec, policy)
 
     def advantages_and_targets(critic_params, batch, hyper: Hyperparams, stats):
-        value_fn = base.critic_value_fn(config, critic, critic_params, stats)
-        return base.gae_targets(value_fn, batch, hyper, block_rows, spec)
+        value_fn = critic_lib.critic_value_fn(config, critic, critic_params, stats)
+        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
 
     def fit_critic(agent, batch, targets, key, hyper, progress):
-        """Value regression on the λ-returns (:func:`base.fit_critic`)."""
+        """Value regression on the λ-returns (:func:`critic_lib.fit_critic`)."""
 
         def loss_fn(params, block):
             block_obs, target = block
             return losses.value_loss(critic.apply(params, block_obs), target)
 
-        params, opt_state, value_loss, _ = base.fit_critic(
+        params, opt_state, value_loss, _ = critic_lib.fit_critic(
             loss_fn,
             agent.critic,
             agent.critic_opt,
@@ -100,6 +104,7 @@ def _make_natural(
             hyper.max_grad_norm,
             *critic_fit(config),
             block_rows,
+            backend,
         )
         return params, opt_state, value_loss
 
@@ -119,7 +124,7 @@ def _make_natural(
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
         old_log_prob = jax.lax.stop_gradient(batch.log_prob)
-        count = base.block_count(*batch.reward.shape, block_rows)
+        count = blocks.block_count(*batch.reward.shape, block_rows, backend)
 
         def surrogate_rows(actor_params, obs, action, old, adv):
             """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
@@ -140,34 +145,31 @@ def _make_natural(
         # The gradient of the surrogate at θ_old (cache-sized blocks on a CPU),
         # and π_old over the batch from the same forward pass: the KL terms
         # below need it, and running the policy again would cost a pass.
-        grads, (objective, entropy), old_dist = base.blocked_grad(
+        grads, (objective, entropy), old_dist = blocks.blocked_grad(
             block_surrogate,
             agent.actor,
             (batch.obs, batch.action, old_log_prob, advantages),
             block_rows,
+            backend,
             with_outputs=True,
         )
         if until == "policy_gradient":
             return agent, {"checksum": base.global_norm((grads, targets))}
-        kl_obs = parallel.first_envs(batch.obs, config.kl_envs)
+        # The Fisher is measured on a strided subset of the envs, defined
+        # over global env indices (the same on any number of devices).
+        kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
         kl_old = jax.tree.map(
-            lambda x: parallel.first_envs(x, config.kl_envs), old_dist
+            lambda x: parallel.strided_envs(x, config.kl_envs), old_dist
         )
-
         kl_envs = kl_obs.shape[1]
-        # Split only when the batch is (first_envs then took the KL envs
-        # evenly from each device's share).
-        sharded = (
-            parallel.env_shards(batch.reward.shape[1]) > 1
-            and parallel.env_mesh(kl_envs) is not None
-        )
+        sharded = parallel.env_shards_of(backend, kl_envs) > 1
 
         def solve(actor_params, grads, kl_obs, kl_old, damping, max_kl):
             """The natural step; split across devices, each one linearises
             the KL on its own envs and the products are averaged."""
             # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
             local_fvp = natural.gauss_newton_fisher_vector_product(
-                lambda params: base.blocked_map_local(
+                lambda params: blocks.blocked_map_local(
                     lambda obs: policy.apply(params, obs), kl_obs, fvp_block_rows
                 ),
                 lambda dist: jnp.mean(kl_old.kl(dist)),
@@ -182,8 +184,10 @@ def _make_natural(
             )
 
         if sharded:
+            kl_obs, kl_old = parallel.split_envs((kl_obs, kl_old), backend, axis=1)
             solve = parallel.map_env_shards(
                 solve,
+                backend,
                 kl_envs,
                 (parallel.REPLICATED,) * 2
                 + (parallel.ROWS,) * 2
@@ -208,10 +212,11 @@ def _make_natural(
                     gain = weighted + hyper.ent_coef * entropies
                     return gain, old_block_dist.kl(dist)
 
-                gain, kl = base.blocked_map(
+                gain, kl = blocks.blocked_map(
                     block_terms,
                     (batch.obs, batch.action, old_log_prob, advantages, old_dist),
                     block_rows,
+                    backend,
                 )
                 return jnp.mean(gain), jnp.mean(kl)
 
@@ -272,17 +277,19 @@ def _make_natural(
     )
 
 
-def make_npg(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+def make_npg(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
     """Natural policy gradient: the KL-scaled natural step, no line search."""
-    return _make_natural(config, spec, line_search=False)
+    return _make_natural(config, spec, backend, line_search=False)
 
 
-def make_trpo(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+def make_trpo(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
     """TRPO: the natural step with a backtracking line search on KL ≤ δ."""
-    return _make_natural(config, spec, line_search=True)
+    return _make_natural(config, spec, backend, line_search=True)
 
 
-def phase_prefix_updates(config: TrainConfig, spec: EnvSpec) -> dict[str, object]:
+def phase_prefix_updates(
+    config: TrainConfig, spec: EnvSpec, backend: Backend
+) -> dict[str, object]:
     """Update functions that stop after each phase, for timing (benchmark.py).
 
     ``{phase: update}`` for each name in :data:`PHASES` (``line_search`` only
@@ -298,5 +305,5 @@ def phase_prefix_updates(config: TrainConfig, spec: EnvSpec) -> dict[str, object
         if phase == "line_search" and not line_search:
             continue
         until = None if phase == "critic_fit" else phase
-        updates[phase] = _make_natural(config, spec, line_search, until).update
+        updates[phase] = _make_natural(config, spec, backend, line_search, until).update
     return updates

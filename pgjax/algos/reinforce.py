@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from pgjax import losses, rollout
-from pgjax.algos import base
-from pgjax.config import Hyperparams, TrainConfig
+from pgjax.algos import base, blocks
+from pgjax.backend import Backend
+from pgjax.config import ConfigError, Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
 
 METRICS = (
@@ -41,15 +42,19 @@ RETURNS = ("total", "reward-to-go")
 BASELINES = ("none", "mean", "value")
 
 
-def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
+def make_reinforce(
+    config: TrainConfig, spec: EnvSpec, backend: Backend
+) -> base.Algorithm:
     """Builds REINFORCE for ``spec`` with ``config.returns`` and ``config.baseline``."""
     if config.returns not in RETURNS:
-        raise ValueError(f"--returns must be one of {RETURNS}, got {config.returns!r}")
-    if config.baseline not in BASELINES:
-        raise ValueError(
-            f"--baseline must be one of {BASELINES}, got {config.baseline!r}"
+        raise ConfigError(
+            "--returns", f"must be one of {RETURNS}, got {config.returns!r}"
         )
-    policy, critic = base.make_networks(config, spec)
+    if config.baseline not in BASELINES:
+        raise ConfigError(
+            "--baseline", f"must be one of {BASELINES}, got {config.baseline!r}"
+        )
+    policy, critic = base.make_networks(config, spec, backend)
 
     def init(key, hyper: Hyperparams):
         del hyper
@@ -76,7 +81,7 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
             return losses.episode_returns(rewards * batch.valid, gammas, ends), to_go
         return to_go, to_go
 
-    block_rows = base.resolve_block_rows(config)
+    block_rows = blocks.block_rows_for(config, backend)
     use_critic = config.baseline == "value"
 
     def make_block_loss(hyper: Hyperparams, num_valid):
@@ -108,11 +113,12 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         if config.baseline == "mean":
             advantages = g_hat - losses.masked_mean(g_hat, batch.valid)
         elif use_critic:
-            values = base.compacted_map(
+            values = blocks.compacted_map(
                 lambda obs: critic.apply(agent.critic, obs),
                 batch.obs,
                 batch.valid,
                 block_rows,
+                backend,
             )
             advantages = g_hat - values
         else:
@@ -122,12 +128,13 @@ def make_reinforce(config: TrainConfig, spec: EnvSpec) -> base.Algorithm:
         advantages = jax.lax.stop_gradient(advantages)
         num_valid = jnp.maximum(jnp.sum(batch.valid), 1).astype(jnp.float32)
         params = {"actor": agent.actor, "critic": agent.critic}
-        grads, (policy_loss, entropy, value_loss) = base.compacted_grad(
+        grads, (policy_loss, entropy, value_loss) = blocks.compacted_grad(
             make_block_loss(hyper, num_valid),
             params,
             (batch.obs, batch.action, advantages, to_go),
             batch.valid,
             block_rows,
+            backend,
         )
         actor_grads, grad_norm = base.clip_by_global_norm(
             grads["actor"], hyper.max_grad_norm
