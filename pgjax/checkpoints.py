@@ -1,6 +1,6 @@
 """Checkpoints of the whole training state with orbax: atomic, pruned, restorable.
 
-Shell layer (DESIGN.md): files only, no training logic. A checkpoint is one
+Shell layer: files only, no training logic. A checkpoint is one
 folder ``<run_dir>/checkpoints/<step>/`` holding two orbax items:
 
 * ``state``: the full :class:`~pgjax.train.TrainState` pytree with its leading
@@ -207,6 +207,11 @@ class Checkpointer:
     def _restore_step(
         self, abstract_state: Any, shardings: Any, step: int
     ) -> tuple[Any, dict]:
+        if shardings is None:
+            # A target placement is what lets orbax restore a checkpoint saved
+            # from any topology (several devices or processes) onto this one.
+            one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            shardings = jax.tree.map(lambda _: one_device, abstract_state)
         abstract_state = abstract_like(abstract_state, shardings)
         restored = self._manager.restore(
             step,
@@ -225,7 +230,7 @@ class Checkpointer:
                     f"saved leaf {x.dtype}{list(x.shape)} does not match "
                     f"{like.dtype}{list(like.shape)}"
                 )
-            return x if like.sharding is not None else jnp.asarray(x)
+            return x
 
         state = jax.tree.map(to_device, state, abstract_state)
         if not isinstance(host, dict) or host.get("format") != HOST_FORMAT:

@@ -151,6 +151,29 @@ def build_parser() -> OneLineParser:
             "~/.cache/pgjax/xla)"
         ),
     )
+    cluster = parser.add_argument_group(
+        "several hosts (jax.distributed; every process runs the same command "
+        "with its own --process-id and a shared --run-dir)"
+    )
+    cluster.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="address of process 0, which coordinates the processes; 'auto' "
+        "detects the cluster (SLURM, Open MPI, TPU pods) and its counts",
+    )
+    cluster.add_argument("--num-processes", type=_parse_int, default=None, metavar="N")
+    cluster.add_argument(
+        "--process-id", type=_parse_int, default=None, metavar="I", help="0 .. N-1"
+    )
+    cluster.add_argument(
+        "--cluster-timeout",
+        type=_parse_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long processes wait for each other at start-up, and how long "
+        "a silent process may stay silent before every process stops",
+    )
     return parser
 
 
@@ -266,6 +289,26 @@ def _run_shape(args: argparse.Namespace) -> tuple[str, int, int, int]:
 
 def _train_main(argv: list[str] | None, start_time: float) -> int:
     args = build_parser().parse_args(argv)
+    # First of all: joining the other processes must precede JAX's backends.
+    from pgjax import distributed
+
+    if args.cluster_timeout <= 0:
+        return fail(f"--cluster-timeout: must be > 0, got {args.cluster_timeout}")
+    try:
+        several = distributed.initialize(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            timeout_s=args.cluster_timeout,
+            heartbeat_timeout_s=args.cluster_timeout,
+        )
+    except distributed.ClusterError as error:
+        return fail(f"{error.flag}: {error}")
+    if several and args.run_dir is None:
+        return fail(
+            "--run-dir: a run of several processes needs one, the same "
+            "folder on every process (a shared file system)"
+        )
     # Before JAX starts its backends (importing pgjax.runner does, through
     # gymnax): on a CPU, the JAX devices to split the run across, as many as
     # the batch keeps busy, up to one per core (pgjax.hardware).
@@ -325,6 +368,8 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
     if blocking_file is not None:
         return fail(f"--run-dir: {blocking_file} is a file, not a folder")
 
+    # Every process has checked the folder before any creates it.
+    distributed.barrier("pgjax-checked")
     if args.compile_cache != "off":
         from pgjax import compilation
 

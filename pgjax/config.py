@@ -1,6 +1,6 @@
 """Training configuration: one typed dataclass whose field docs become ``--help``.
 
-Fields split in two kinds (DESIGN.md, "Conventions"):
+Fields split in two kinds:
 
 * static fields fix shapes and code paths and are compile-time constants
   (``num_envs``, ``num_steps``, ``hidden``, ``baseline``, ``cg_iters``, ...);

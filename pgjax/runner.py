@@ -1,6 +1,6 @@
 """The host loop: compile once, call the compiled chunk, report, write the run folder.
 
-This is the shell around the pure core (DESIGN.md): the only place with wall
+This is the shell around the pure core: the only place with wall
 clocks, files, progress bars, checkpoints and signals. Per chunk it makes one
 call into the compiled program and one transfer of the chunk's metrics to the
 host; the device never waits on Python inside a chunk.
@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pgjax import parallel, plotting
+from pgjax import distributed, parallel, plotting
 from pgjax.backend import Backend
 from pgjax.checkpoints import Checkpointer, CheckpointError
 from pgjax.compilation import compile_lowered, compile_with, lower
@@ -693,7 +693,7 @@ def run(
       config: a validated configuration.
       run_dir: the run folder (created if missing).
       start_time: ``time.time()`` at process start; ``wall_time`` counts from it
-        (on resume, from the first session: the checkpoint's elapsed wall time
+        (on resume, from the run's first start: the checkpoint's elapsed wall time
         is added).
       progress: show a progress bar on stderr.
       on_chunk: optional callback after each chunk (for tests and tools) with
@@ -750,6 +750,10 @@ def run(
     traced_init = trace_init(trainer, layout)
     abstract = abstract_of(traced_init)
     shardings = trainer.state_shardings(abstract)
+    # Several processes (jax.distributed) run this same loop on their shares
+    # of the devices; process 0 alone writes the run folder's files, every
+    # process writes its shards of each checkpoint.
+    primary = distributed.is_primary()
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
     if not resume and checkpointer.steps():
@@ -759,10 +763,11 @@ def run(
             f"{run_dir} already has checkpoints of another run; resume it or "
             f"use a fresh folder",
         )
-    if not resume:
+    if not resume and primary:
         write_json_atomic(run_dir / "config.json", config_to_json(config, sweep))
 
     interrupts = Interrupts(handle_signals)
+    agreement = _Agreement(interrupts)
     # Two workers: the chunk compiles in one while the initial state's
     # program (compiled in this thread) runs in the other (see below);
     # afterwards one call at a time.
@@ -804,14 +809,13 @@ def run(
                 # The chunk compiles in a worker while this thread compiles
                 # the (run-once, -O0) initial state's program: a compile
                 # leaves part of the cores idle (its HLO passes run on one
-                # thread), and the other compile fills them (A2C on CartPole
-                # finished its first chunk 1.2 s sooner from an empty cache;
-                # docs/performance.md, "Eleventh session").
+                # thread), and the other compile fills them: the first chunk
+                # starts sooner from an empty cache.
                 chunk_compiled = compile_training_chunk()
                 keys, hyper = row_keys(config, layout), row_hyper(config, layout)
                 init = compile_init(trainer, layout, shardings)
                 state = _wait(pool, init, keys, hyper)
-            if resume:
+            if resume and primary:
                 kept = truncate_metrics(run_dir / "metrics.csv", columns, host.csv_rows)
                 if kept < host.csv_rows:
                     print(
@@ -829,13 +833,17 @@ def run(
             compile_seconds = time.time() - compile_start
             host.compile_seconds += compile_seconds
 
-            writer = MetricsWriter(run_dir / "metrics.csv", columns)
-            if config.tensorboard:
+            writer = (
+                MetricsWriter(run_dir / "metrics.csv", columns)
+                if primary
+                else _Discard()
+            )
+            if config.tensorboard and primary:
                 purge = [int(s) + 1 if s > 0 else None for s in host.steps]
                 tensorboard = TensorBoardLogger(
                     run_dir, layout, trainer.metric_names, purge
                 )
-            bar = _progress_bar(config, progress, int(host.steps.min()))
+            bar = _progress_bar(config, progress and primary, int(host.steps.min()))
             wall_offset = host.wall_seconds
             last_saved = _SaveMarker.at(config, host, resumed_from)
 
@@ -853,7 +861,7 @@ def run(
                 last_saved.update(host, cost)
 
             slowest_chunk = 0.0
-            while not interrupts.signum and not np.all(
+            while not agreement.signum() and not np.all(
                 host.steps >= config.total_timesteps
             ):
                 chunk_start = time.time()
@@ -905,7 +913,8 @@ def run(
                 finished = not np.any(metrics["active"][:, -1]) or np.all(
                     host.steps >= config.total_timesteps
                 )
-                if not finished and _checkpoint_due(config, host, last_saved):
+                due = not finished and _checkpoint_due(config, host, last_saved)
+                if agreement.at_chunk_end(due):
                     save()
                 if on_chunk is not None:
                     on_chunk(
@@ -919,7 +928,7 @@ def run(
                 if finished:
                     break
 
-            signum = interrupts.signum
+            signum = agreement.signum()
             evaluation = eval_returns = None
             if signum is None:
                 # Once, so at -O0 (-O1 for a sweep's many episodes): compile_once.
@@ -951,6 +960,7 @@ def run(
                 name = signal.Signals(signum).name
                 summary["interrupted"] = True
                 summary["signal"] = name
+            if signum is not None and primary:
                 print(
                     f"{name}: stopped at {host.step:,} steps per seed; checkpoint "
                     f"saved; continue with: python scripts/train.py --resume "
@@ -958,14 +968,17 @@ def run(
                     file=sys.stderr,
                     flush=True,
                 )
-            write_json_atomic(run_dir / "summary.json", summary)
-            title = f"{config.algo} on {config.env}"
-            plotting.plot_runs(
-                [run_dir],
-                run_dir / "learning_curve.png",
-                group_by=layout.names,
-                title=title + (" (interrupted)" if signum is not None else ""),
-            )
+            if primary:
+                write_json_atomic(run_dir / "summary.json", summary)
+                title = f"{config.algo} on {config.env}"
+                plotting.plot_runs(
+                    [run_dir],
+                    run_dir / "learning_curve.png",
+                    group_by=layout.names,
+                    title=title + (" (interrupted)" if signum is not None else ""),
+                )
+            # The others wait for process 0's files before they exit.
+            distributed.barrier("pgjax-run-written")
     finally:
         for closeable in (bar, writer, tensorboard):
             if closeable is not None:
@@ -979,7 +992,54 @@ def run(
 
 def _call_chunk(chunk_fn, state):
     new_state, metrics = chunk_fn(state)
-    return new_state, jax.device_get(metrics)
+    return new_state, distributed.to_host_everywhere(metrics)
+
+
+class _Discard:
+    """Stands in for the metrics writer on processes other than process 0."""
+
+    def write(self, rows) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Agreement:
+    """What every process does at a chunk boundary, decided together.
+
+    With several processes, a signal reaches one of them, and their clocks
+    (which time automatic checkpoints) differ; every process must still take
+    the same checkpoints and stop after the same chunk, or the others would
+    wait in a collective for it forever. At each chunk end the processes
+    exchange their signal and their checkpoint decision: all stop if any was
+    signalled, and all follow process 0 on checkpoints. With one process,
+    its own signal and decision, as they are.
+    """
+
+    def __init__(self, interrupts: Interrupts):
+        self.interrupts = interrupts
+        self.agreed: int | None = None
+
+    def signum(self) -> int | None:
+        """The signal that stops the run (None: none so far)."""
+        if jax.process_count() == 1:
+            return self.interrupts.signum
+        return self.agreed
+
+    def at_chunk_end(self, checkpoint_due: bool) -> bool:
+        """Exchanges the signals; returns whether to checkpoint now."""
+        if jax.process_count() == 1:
+            return checkpoint_due
+        from jax.experimental import multihost_utils
+
+        mine = np.asarray([self.interrupts.signum or 0, int(checkpoint_due)])
+        everyone = np.asarray(multihost_utils.process_allgather(mine))
+        self.agreed = int(everyone[:, 0].max()) or None
+        return bool(everyone[0, 1])
 
 
 @dataclasses.dataclass
@@ -1089,7 +1149,7 @@ def compile_evaluation(
             "out_shardings": NamedSharding(backend.mesh, PartitionSpec()),
         }
     compiled = compile_with(returns, abstract, options=options, **jit_shardings)
-    return lambda state: np.asarray(jax.device_get(compiled(state))).mean(axis=1)
+    return lambda state: distributed.to_host_everywhere(compiled(state)).mean(axis=1)
 
 
 def compile_init(trainer: Trainer, layout: Layout, shardings: Any) -> Callable:

@@ -138,7 +138,7 @@ def distinct_fused_kernels(executable) -> int | None:
     the 2-core machines here); XLA compiles identical ones once, so bodies
     are compared with names and metadata stripped. Unlike compile seconds,
     the count does not depend on the machine's load: the figure to watch when
-    changing the programs (docs/performance.md, "Thirteenth session").
+    changing the programs.
     """
     try:
         text = executable.as_text()

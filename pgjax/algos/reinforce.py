@@ -5,7 +5,7 @@ soon as the last one ends) and ascends
 
   ∇J(θ) ≈ mean_{i,t} ∇log π(a_t|s_t) · (Ĝ_t − b_t)
 
-with no bootstrapping. Options (the variance-reduction cures of SCIENCE.md):
+with no bootstrapping. Options (the classic cures for its variance):
 
 * ``--returns total``: Ĝ_t = R(τ), the whole (discounted) episode return, for
   every step of the episode — the original estimator (Williams 1992).
