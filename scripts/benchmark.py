@@ -69,7 +69,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pgjax import envs, hardware, parallel, presets, runner  # noqa: E402
-from pgjax.algos import natural_pg  # noqa: E402
+from pgjax.algos import base, natural_pg  # noqa: E402
 from pgjax.compilation import compile_lowered, lower  # noqa: E402
 from pgjax.config import TrainConfig  # noqa: E402
 from pgjax.train import make_train, split_env_batch  # noqa: E402
@@ -345,18 +345,16 @@ def train_py_env_shards(config) -> int:
 
 def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
     """NPG/TRPO learning-step time per phase (policy gradient, CG solve, line
-    search, critic fit), from programs that stop after each phase in turn."""
+    search, critic fit), from programs that stop after each phase in turn
+    (:func:`natural_phase_prefixes`)."""
     hyper = single.hyper
-    prefixes = natural_pg.phase_prefix_updates(
-        trainer.config, trainer.spec, trainer.backend
-    )
+    prefixes = natural_phase_prefixes(trainer)
     programs = []
-    for update in prefixes.values():
+    for prefix in prefixes.values():
 
-        def learn(state, batch, update=update):
+        def learn(state, batch, prefix=prefix):
             def body(agent, key):
-                agent, metrics = update(agent, batch, key, hyper, 0.0)
-                checksum = next(iter(metrics.values()))
+                agent, checksum = prefix(agent, batch, key, hyper, 0.0)
                 # Make the next iteration depend on this one (numerically a
                 # no-op), or XLA hoists a prefix that leaves the agent
                 # unchanged out of the loop and times it once.
@@ -372,6 +370,53 @@ def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
         programs.append((executable, (single, batch)))
     times = paired_times(programs, repeats)
     return phase_costs(list(prefixes), times, updates)
+
+
+def natural_phase_prefixes(trainer) -> dict:
+    """Programs that run NPG/TRPO's update up to and including each phase.
+
+    ``{phase: prefix}`` for ``policy_gradient``, ``cg_solve``, ``line_search``
+    (TRPO only) and ``critic_fit``, composed from the algorithm's phases
+    (:func:`pgjax.algos.natural_pg.make_natural_phases`). ``prefix(agent,
+    batch, key, hyper, progress) → (agent, checksum)``: the agent unchanged
+    and a checksum that depends on the phase's output, so that XLA cannot
+    drop the phase; the last is the full update, its checksum the policy
+    loss. The cost of phase k is the time of prefix k minus that of prefix
+    k−1.
+    """
+    config = trainer.config
+    line_search = config.algo == "trpo"
+    phases = natural_pg.make_natural_phases(
+        config, trainer.spec, trainer.backend, line_search
+    )
+
+    def policy_gradient(agent, batch, key, hyper, progress):
+        targets = phases.targets(agent, batch, hyper)
+        gradient = phases.policy_gradient(agent.actor, batch, targets, hyper)
+        return agent, base.global_norm((gradient.grads, targets.returns))
+
+    def cg_solve(agent, batch, key, hyper, progress):
+        targets = phases.targets(agent, batch, hyper)
+        gradient = phases.policy_gradient(agent.actor, batch, targets, hyper)
+        step = phases.natural_step(agent.actor, batch, gradient, hyper)
+        return agent, base.global_norm(step.step)
+
+    def search(agent, batch, key, hyper, progress):
+        targets = phases.targets(agent, batch, hyper)
+        gradient = phases.policy_gradient(agent.actor, batch, targets, hyper)
+        step = phases.natural_step(agent.actor, batch, gradient, hyper)
+        policy = phases.line_search(agent.actor, batch, targets, gradient, step, hyper)
+        return agent, base.global_norm(policy.actor)
+
+    def critic_fit(agent, batch, key, hyper, progress):
+        agent, metrics = trainer.algorithm.update(agent, batch, key, hyper, progress)
+        return agent, metrics["policy_loss"]
+
+    prefixes = {"policy_gradient": policy_gradient, "cg_solve": cg_solve}
+    if line_search:
+        prefixes["line_search"] = search
+    prefixes["critic_fit"] = critic_fit
+    return prefixes
 
 
 def phase_costs(phases: list[str], times: list[list[float]], updates: int) -> dict:

@@ -35,7 +35,9 @@ def test_next_state_values_match_full_pass(env_id, num_steps):
         return critic.apply(critic_params, obs)
 
     values = value_fn(batch.obs)
-    cheap = critic_lib.next_state_values(value_fn, batch, values, spec.max_episode_steps)
+    cheap = critic_lib.next_state_values(
+        value_fn, batch, values, spec.max_episode_steps
+    )
     full = value_fn(batch.next_obs)
     # Wherever the value is used (not after a termination) the two agree.
     used = ~np.asarray(batch.terminated)
@@ -92,35 +94,83 @@ def test_blocked_grad_outputs_are_the_per_row_forward_pass(block_rows):
 
 
 @pytest.mark.parametrize("algo", ["npg", "trpo"])
-def test_phase_prefix_updates_end_with_the_full_update(algo):
-    """benchmark.py times NPG/TRPO phases with these prefixes; the last one must
-    be the real update, the others must leave the agent unchanged."""
+def test_natural_phases_compose_to_the_update(algo, monkeypatch):
+    """NPG/TRPO's update is the composition of its phases, bit for bit, and
+    benchmark.py's programs that stop after each phase run those phases."""
+    import importlib
+    from pathlib import Path
+
     from pgjax.algos import natural_pg
     from pgjax.train import make_train
 
-    config = TrainConfig(algo=algo, num_envs=8, num_steps=8, kl_envs=8)
+    # PopArt and advantage normalisation: every branch of the targets phase.
+    config = TrainConfig(
+        algo=algo,
+        num_envs=8,
+        num_steps=8,
+        kl_envs=4,
+        value_norm=True,
+        normalize_advantages=True,
+    )
     trainer = make_train(config, SPLIT)
     state = trainer.init(jax.random.PRNGKey(0))
     algorithm, hyper = trainer.algorithm, state.hyper
     _, batch, _ = algorithm.collect(state.agent, state.env, state.key, hyper)
-    prefixes = natural_pg.phase_prefix_updates(config, trainer.spec, SPLIT)
-    expected = ["policy_gradient", "cg_solve", "critic_fit"]
-    if algo == "trpo":
-        expected.insert(2, "line_search")
-    assert list(prefixes) == expected
+    phases = natural_pg.make_natural_phases(
+        config, trainer.spec, SPLIT, line_search=algo == "trpo"
+    )
+
+    def composed(agent, batch, key, hyper, progress):
+        targets = phases.targets(agent, batch, hyper)
+        gradient = phases.policy_gradient(agent.actor, batch, targets, hyper)
+        step = phases.natural_step(agent.actor, batch, gradient, hyper)
+        policy = phases.line_search(agent.actor, batch, targets, gradient, step, hyper)
+        fit = phases.fit_critic(agent.critic_opt, batch, targets, key, hyper, progress)
+        agent = agent.replace(
+            actor=policy.actor,
+            critic=fit.critic,
+            critic_opt=fit.critic_opt,
+            value_stats=targets.value_stats,
+        )
+        return agent, (gradient, step, policy, fit)
+
     key = jax.random.PRNGKey(1)
-    # Compiled, as benchmark.py runs them (op by op took 3x longer); the last
-    # prefix's program must still give the full update's agent bit for bit.
-    full, _ = jax.jit(algorithm.update)(state.agent, batch, key, hyper, 0.0)
-    last, _ = jax.jit(prefixes["critic_fit"])(state.agent, batch, key, hyper, 0.0)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(last), strict=True):
+    # Compiled, as train.py runs the update.
+    full, metrics = jax.jit(algorithm.update)(state.agent, batch, key, hyper, 0.5)
+    agent, (gradient, step, policy, fit) = jax.jit(composed)(
+        state.agent, batch, key, hyper, 0.5
+    )
+    assert float(policy.accepted) == 1.0  # the actor moved: a real comparison
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(agent), strict=True):
         np.testing.assert_array_equal(a, b)
-    for phase in expected[:-1]:
-        agent, metrics = jax.jit(prefixes[phase])(state.agent, batch, key, hyper, 0.0)
-        assert set(metrics) == {"checksum"} and np.isfinite(metrics["checksum"])
-        leaves = zip(jax.tree.leaves(agent), jax.tree.leaves(state.agent), strict=True)
-        for a, b in leaves:
-            np.testing.assert_array_equal(a, b)
+    expected = {
+        "policy_loss": -gradient.objective,
+        "entropy": gradient.entropy,
+        "value_loss": fit.value_loss,
+        "kl": policy.kl,
+        "cg_residual": step.info.cg_residual,
+        "xfx": step.info.xfx,
+        "step_norm": policy.step_fraction * step.info.step_norm,
+    }
+    for name, value in expected.items():
+        np.testing.assert_array_equal(metrics[name], value, err_msg=name)
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    benchmark = importlib.import_module("benchmark")
+    prefixes = benchmark.natural_phase_prefixes(trainer)
+    names = ["policy_gradient", "cg_solve", "critic_fit"]
+    if algo == "trpo":
+        names.insert(2, "line_search")
+    assert list(prefixes) == names
+    # The checksum of the phase that stops before the critic's fit depends on
+    # its output; the agent is left as it was.
+    before_fit = prefixes[names[-2]]
+    unchanged, checksum = jax.jit(before_fit)(state.agent, batch, key, hyper, 0.5)
+    expected = policy.actor if algo == "trpo" else step.step
+    np.testing.assert_allclose(checksum, base.global_norm(expected), rtol=1e-6)
+    leaves = zip(jax.tree.leaves(unchanged), jax.tree.leaves(state.agent), strict=True)
+    for a, b in leaves:
+        np.testing.assert_array_equal(a, b)
 
 
 def _regression_problem():

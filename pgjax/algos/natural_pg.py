@@ -31,12 +31,25 @@ policy gradient at θ_old also returns π_old on every row
 (``blocks.blocked_grad(..., with_outputs=True)``), which is what the KL terms
 compare against, and TRPO's line search evaluates a candidate's surrogate and KL
 together in one blocked pass.
+
+One update is the composition of five phases, each a pure function of
+:class:`NaturalPhases` (:func:`make_natural_phases`): the targets, the policy
+gradient, the natural step, the line search and the critic's fit. What one
+phase hands the next is a small named pytree (:class:`Targets`,
+:class:`PolicyGradient`, :class:`NaturalStep`, :class:`PolicyStep`,
+:class:`CriticFit`), so a caller can run a prefix of the update (as
+scripts/benchmark.py does to time each phase) from the same code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from pgjax import losses, natural, parallel, value_norm
 from pgjax.algos import base, blocks
@@ -44,6 +57,9 @@ from pgjax.algos import critic as critic_lib
 from pgjax.backend import Backend
 from pgjax.config import Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
+from pgjax.networks import Critic, Policy
+
+Array = jax.Array
 
 METRICS = (
     "policy_loss",
@@ -62,78 +78,202 @@ METRICS = (
 )
 
 
-#: The phases of one update, in order (see :func:`phase_prefix_updates`).
-PHASES = ("policy_gradient", "cg_solve", "line_search", "critic_fit")
+@struct.dataclass
+class Targets:
+    """What the targets phase hands on: the policy's advantages, and the
+    critic's regression targets with the critic they are targets for.
+
+    Attributes:
+      advantages: ``[T, N]`` GAE(λ) advantages, standardised over the batch
+        with ``--normalize-advantages``.
+      returns: ``[T, N]`` λ-return targets, standardised by the new PopArt
+        statistics with ``--value-norm``.
+      critic: the critic's parameters the fit starts from: the agent's, with
+        the output layer rescaled by PopArt's fold under ``--value-norm``.
+      value_stats: the PopArt statistics after the fold (the agent's without
+        ``--value-norm``).
+    """
+
+    advantages: Array
+    returns: Array
+    critic: Any
+    value_stats: value_norm.ValueNormState
 
 
-def _make_natural(
-    config: TrainConfig,
-    spec: EnvSpec,
-    backend: Backend,
-    line_search: bool,
-    until: str | None = None,
-):
+@struct.dataclass
+class PolicyGradient:
+    """The surrogate at θ_old, its gradient, and π_old on every row.
+
+    Attributes:
+      grads: ``∇_θ L(θ_old)``, a pytree shaped like the actor's parameters.
+      objective: scalar ``L(θ_old)``, surrogate plus entropy bonus.
+      entropy: scalar mean entropy of π_old over the batch.
+      old_dist: π_old's action distribution on every row, leaves
+        ``[T, N, ...]``: what the KL terms compare against.
+    """
+
+    grads: Any
+    objective: Array
+    entropy: Array
+    old_dist: Any
+
+
+@struct.dataclass
+class NaturalStep:
+    """The KL-scaled natural step and the envs whose KL it was measured on.
+
+    Attributes:
+      step: ``Δθ = sqrt(2δ / xᵀFx)·x``, shaped like the actor's parameters.
+      info: the solve's diagnostics (:class:`pgjax.natural.NaturalStepInfo`).
+      kl_obs: ``[T, K, ...]`` observations of the ``K`` strided KL envs.
+      kl_old: π_old on them, leaves ``[T, K, ...]``.
+    """
+
+    step: Any
+    info: natural.NaturalStepInfo
+    kl_obs: Array
+    kl_old: Any
+
+
+@struct.dataclass
+class PolicyStep:
+    """The actor after the step (TRPO: the line search's choice).
+
+    Attributes:
+      actor: the new actor parameters.
+      kl: scalar mean KL(π_old ‖ π_new): over the batch for TRPO (0 when the
+        policy is left unchanged), over the KL envs for NPG.
+      accepted: bool, whether the policy moved (NPG: whether the step is valid).
+      backtracks: int32 backtracking steps taken (0 for NPG).
+      step_fraction: the fraction of ``Δθ`` applied (0 when none was).
+    """
+
+    actor: Any
+    kl: Array
+    accepted: Array
+    backtracks: Array
+    step_fraction: Array
+
+
+@struct.dataclass
+class CriticFit:
+    """The critic after its regression on the λ-returns.
+
+    Attributes:
+      critic: the fitted critic's parameters.
+      critic_opt: its Adam state.
+      value_loss: the first minibatch's loss before any step.
+    """
+
+    critic: Any
+    critic_opt: Any
+    value_loss: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalPhases:
+    """The phases of one NPG/TRPO update, as pure functions, in order.
+
+    ``agent`` is a :class:`~pgjax.algos.base.ActorCriticState`, ``batch`` a
+    :class:`~pgjax.rollout.Transition` ``[T, N, ...]`` and ``hyper`` the
+    :class:`~pgjax.config.Hyperparams`; ``actor`` is ``agent.actor``
+    (θ_old). The update (:func:`make_npg`, :func:`make_trpo`) is
+
+      targets = targets(agent, batch, hyper)
+      gradient = policy_gradient(actor, batch, targets, hyper)
+      step = natural_step(actor, batch, gradient, hyper)
+      policy = line_search(actor, batch, targets, gradient, step, hyper)
+      fit = fit_critic(agent.critic_opt, batch, targets, key, hyper, progress)
+
+    Attributes:
+      policy: the actor network the phases apply.
+      critic: the critic network the phases apply.
+      targets: ``→`` :class:`Targets`.
+      policy_gradient: ``→`` :class:`PolicyGradient`.
+      natural_step: ``→`` :class:`NaturalStep`.
+      line_search: ``→`` :class:`PolicyStep`.
+      fit_critic: ``→`` :class:`CriticFit`.
+    """
+
+    policy: Policy
+    critic: Critic
+    targets: Callable[..., Targets]
+    policy_gradient: Callable[..., PolicyGradient]
+    natural_step: Callable[..., NaturalStep]
+    line_search: Callable[..., PolicyStep]
+    fit_critic: Callable[..., CriticFit]
+
+
+def make_natural_phases(
+    config: TrainConfig, spec: EnvSpec, backend: Backend, line_search: bool
+) -> NaturalPhases:
+    """The phases of NPG's (``line_search=False``) or TRPO's update."""
     policy, critic = base.make_networks(config, spec, backend)
     block_rows = blocks.block_rows_for(config, backend)
     # The linearised KL keeps every block's residuals and each CG iteration
     # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache.
     fvp_block_rows = max(block_rows // 2, 1) if block_rows > 0 else 0
-    name = "trpo" if line_search else "npg"
 
-    init = base.actor_critic_init(policy, critic)
-    collect = base.fixed_length_collect(config, spec, policy)
+    def surrogate_inputs(batch, targets: Targets):
+        """The surrogate's per-row data ``(obs, action, log π_old(a|s), Â)``."""
+        old_log_prob = jax.lax.stop_gradient(batch.log_prob)
+        return batch.obs, batch.action, old_log_prob, targets.advantages
 
-    def advantages_and_targets(critic_params, batch, hyper: Hyperparams, stats):
-        value_fn = critic_lib.critic_value_fn(config, critic, critic_params, stats)
-        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
+    def surrogate_rows(actor_params, obs, action, old, adv):
+        """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
+        ``(π_θ(a|s)/π_old(a|s)·Â, H[π_θ(·|s)], π_θ)``. The gradient pass
+        (L at θ_old) and TRPO's candidates (L at θ) share it, so the line
+        search's improvements compare like with like."""
+        dist = policy.apply(actor_params, obs)
+        weighted = jnp.exp(dist.log_prob(action) - old) * adv
+        return weighted, dist.entropy(), dist
 
-    def fit_critic(agent, batch, targets, key, hyper, progress):
-        """Value regression on the λ-returns (:func:`critic_lib.fit_critic`)."""
+    def targets_phase(agent: base.ActorCriticState, batch, hyper: Hyperparams):
+        """GAE(λ) advantages and λ-return targets under the agent's critic.
 
-        def loss_fn(params, block):
-            block_obs, target = block
-            return losses.value_loss(critic.apply(params, block_obs), target)
+        Args:
+          agent: the agent before the update.
+          batch: the rollout ``[T, N, ...]``.
+          hyper: the hyperparameters (γ, λ, reward scale).
 
-        params, opt_state, value_loss, _ = critic_lib.fit_critic(
-            loss_fn,
-            agent.critic,
-            agent.critic_opt,
-            (batch.obs, targets),
-            key,
-            base.learning_rate(hyper.critic_lr, progress, config.anneal_lr),
-            hyper.max_grad_norm,
-            *critic_fit(config),
-            block_rows,
-            backend,
+        Returns:
+          :class:`Targets`. With ``--value-norm`` the λ-returns are folded into
+          the PopArt statistics and the critic's output layer rescaled so that
+          its values are unchanged; with ``--normalize-advantages`` the
+          advantages are standardised.
+        """
+        value_fn = critic_lib.critic_value_fn(
+            config, critic, agent.critic, agent.value_stats
         )
-        return params, opt_state, value_loss
-
-    def update(agent: base.ActorCriticState, batch, key, hyper, progress):
-        advantages, targets = advantages_and_targets(
-            agent.critic, batch, hyper, agent.value_stats
+        advantages, returns = critic_lib.gae_targets(
+            value_fn, batch, hyper, block_rows, spec, backend
         )
-        critic_agent = agent
+        critic_params, value_stats = agent.critic, agent.value_stats
         if config.value_norm:
             # PopArt: regress on standardised targets, V kept unchanged.
-            value_stats, rescaled_critic, targets = value_norm.fold_targets(
-                agent.value_stats, agent.critic, targets
-            )
-            critic_agent = agent.replace(
-                critic=rescaled_critic, value_stats=value_stats
+            value_stats, critic_params, returns = value_norm.fold_targets(
+                agent.value_stats, agent.critic, returns
             )
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
-        old_log_prob = jax.lax.stop_gradient(batch.log_prob)
-        count = blocks.block_count(*batch.reward.shape, block_rows, backend)
+        return Targets(advantages, returns, critic_params, value_stats)
 
-        def surrogate_rows(actor_params, obs, action, old, adv):
-            """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
-            ``(π_θ(a|s)/π_old(a|s)·Â, H[π_θ(·|s)], π_θ)``. The gradient pass
-            (L at θ_old) and TRPO's candidates (L at θ) share it, so the line
-            search's improvements compare like with like."""
-            dist = policy.apply(actor_params, obs)
-            weighted = jnp.exp(dist.log_prob(action) - old) * adv
-            return weighted, dist.entropy(), dist
+    def policy_gradient(actor_params, batch, targets: Targets, hyper: Hyperparams):
+        """The surrogate's gradient at θ_old, in blocked passes over the batch.
+
+        Args:
+          actor_params: θ_old.
+          batch: the rollout ``[T, N, ...]`` (its ``log_prob`` is π_old's).
+          targets: the advantages (:class:`Targets`).
+          hyper: the hyperparameters (entropy coefficient).
+
+        Returns:
+          :class:`PolicyGradient`, with π_old over the batch from the same
+          forward pass: the KL terms need it, and running the policy again
+          would cost a pass.
+        """
+        inputs = surrogate_inputs(batch, targets)
+        count = blocks.block_count(*batch.reward.shape, block_rows, backend)
 
         def block_surrogate(actor_params, block):
             weighted, entropies, dist = surrogate_rows(actor_params, *block)
@@ -142,31 +282,42 @@ def _make_natural(
             summed = (objective / count, entropy / count)
             return objective / count, (summed, dist)
 
-        # The gradient of the surrogate at θ_old (cache-sized blocks on a CPU),
-        # and π_old over the batch from the same forward pass: the KL terms
-        # below need it, and running the policy again would cost a pass.
+        # Cache-sized blocks on a CPU (pgjax.algos.blocks).
         grads, (objective, entropy), old_dist = blocks.blocked_grad(
             block_surrogate,
-            agent.actor,
-            (batch.obs, batch.action, old_log_prob, advantages),
+            actor_params,
+            inputs,
             block_rows,
             backend,
             with_outputs=True,
         )
-        if until == "policy_gradient":
-            return agent, {"checksum": base.global_norm((grads, targets))}
+        return PolicyGradient(grads, objective, entropy, old_dist)
+
+    def natural_step(actor_params, batch, gradient: PolicyGradient, hyper: Hyperparams):
+        """The natural step: conjugate gradient on the KL's Fisher-vector
+        products over the strided KL envs, scaled to the trust region.
+
+        Args:
+          actor_params: θ_old, where the KL is linearised.
+          batch: the rollout ``[T, N, ...]``.
+          gradient: ``g`` and π_old on every row (:class:`PolicyGradient`).
+          hyper: the hyperparameters (CG damping, ``max_kl`` δ).
+
+        Returns:
+          :class:`NaturalStep`. When the backend splits the KL envs across
+          devices, each one linearises the KL on its own envs and the products
+          are averaged.
+        """
         # The Fisher is measured on a strided subset of the envs, defined
         # over global env indices (the same on any number of devices).
         kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
         kl_old = jax.tree.map(
-            lambda x: parallel.strided_envs(x, config.kl_envs), old_dist
+            lambda x: parallel.strided_envs(x, config.kl_envs), gradient.old_dist
         )
         kl_envs = kl_obs.shape[1]
         sharded = parallel.env_shards_of(backend, kl_envs) > 1
 
         def solve(actor_params, grads, kl_obs, kl_old, damping, max_kl):
-            """The natural step; split across devices, each one linearises
-            the KL on its own envs and the products are averaged."""
             # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
             local_fvp = natural.gauss_newton_fisher_vector_product(
                 lambda params: blocks.blocked_map_local(
@@ -195,72 +346,157 @@ def _make_natural(
                 parallel.REPLICATED,
             )
         step, step_info = solve(
-            agent.actor, grads, kl_obs, kl_old, hyper.cg_damping, hyper.max_kl
+            actor_params, gradient.grads, kl_obs, kl_old, hyper.cg_damping, hyper.max_kl
         )
-        if until == "cg_solve":
-            return agent, {"checksum": base.global_norm(step)}
-        if line_search:
+        return NaturalStep(step, step_info, kl_obs, kl_old)
 
-            def surrogate_and_kl(actor_params):
-                """``(L(θ), mean KL(π_old ‖ π_θ))`` over the batch, one pass."""
+    def backtracking(
+        actor_params,
+        batch,
+        targets: Targets,
+        gradient: PolicyGradient,
+        step: NaturalStep,
+        hyper: Hyperparams,
+    ):
+        """TRPO's step: backtracking on ``Δθ·ratio^k`` until the surrogate
+        improves and the mean KL over the batch is at most δ.
 
-                def block_terms(block):
-                    *surrogate_block, old_block_dist = block
-                    weighted, entropies, dist = surrogate_rows(
-                        actor_params, *surrogate_block
-                    )
-                    gain = weighted + hyper.ent_coef * entropies
-                    return gain, old_block_dist.kl(dist)
+        Args:
+          actor_params: θ_old.
+          batch: the rollout ``[T, N, ...]``.
+          targets: the advantages (:class:`Targets`).
+          gradient: ``L(θ_old)`` and π_old on every row.
+          step: the full step ``Δθ`` and its predicted improvement.
+          hyper: the hyperparameters (δ, backtracking ratio, entropy bonus).
 
-                gain, kl = blocks.blocked_map(
-                    block_terms,
-                    (batch.obs, batch.action, old_log_prob, advantages, old_dist),
-                    block_rows,
-                    backend,
+        Returns:
+          :class:`PolicyStep`; when no fraction passes, the actor is θ_old bit
+          for bit.
+        """
+        inputs = surrogate_inputs(batch, targets)
+
+        def surrogate_and_kl(actor_params):
+            """``(L(θ), mean KL(π_old ‖ π_θ))`` over the batch, one pass."""
+
+            def block_terms(block):
+                *surrogate_block, old_block_dist = block
+                weighted, entropies, dist = surrogate_rows(
+                    actor_params, *surrogate_block
                 )
-                return jnp.mean(gain), jnp.mean(kl)
+                gain = weighted + hyper.ent_coef * entropies
+                return gain, old_block_dist.kl(dist)
 
-            actor, search = natural.backtracking_line_search(
-                surrogate_and_kl,
-                None,
-                agent.actor,
-                step,
-                step_info.expected_improvement,
-                hyper.max_kl,
-                hyper.backtrack_ratio,
-                config.max_backtracks,
-                objective_at_params=objective,
+            gain, kl = blocks.blocked_map(
+                block_terms, (*inputs, gradient.old_dist), block_rows, backend
             )
-            accepted, backtracks = search.accepted, search.backtracks
-            step_fraction = jnp.where(search.accepted, search.step_fraction, 0.0)
-            # The real KL over the whole batch, measured by the search (0 when
-            # the policy was left unchanged).
-            kl = search.kl
-        else:
-            actor = jax.tree.map(jnp.add, agent.actor, step)
-            accepted, backtracks = step_info.valid, jnp.zeros((), jnp.int32)
-            step_fraction = jnp.ones(())
-            kl = jnp.mean(kl_old.kl(policy.apply(actor, kl_obs)))
-        if until == "line_search":
-            return agent, {"checksum": base.global_norm(actor)}
-        critic_params, critic_opt, value_loss = fit_critic(
-            critic_agent, batch, targets, key, hyper, progress
+            return jnp.mean(gain), jnp.mean(kl)
+
+        actor, search = natural.backtracking_line_search(
+            surrogate_and_kl,
+            None,
+            actor_params,
+            step.step,
+            step.info.expected_improvement,
+            hyper.max_kl,
+            hyper.backtrack_ratio,
+            config.max_backtracks,
+            objective_at_params=gradient.objective,
         )
-        agent = critic_agent.replace(
-            actor=actor, critic=critic_params, critic_opt=critic_opt
+        step_fraction = jnp.where(search.accepted, search.step_fraction, 0.0)
+        # The real KL over the whole batch, measured by the search (0 when
+        # the policy was left unchanged).
+        return PolicyStep(
+            actor, search.kl, search.accepted, search.backtracks, step_fraction
+        )
+
+    def plain_step(actor_params, batch, targets, gradient, step: NaturalStep, hyper):
+        """NPG's step: ``θ_old + Δθ`` as is, with the same signature as TRPO's
+        line search.
+
+        Returns:
+          :class:`PolicyStep`, its KL measured on the KL envs.
+        """
+        del batch, targets, gradient, hyper
+        actor = jax.tree.map(jnp.add, actor_params, step.step)
+        kl = jnp.mean(step.kl_old.kl(policy.apply(actor, step.kl_obs)))
+        return PolicyStep(
+            actor, kl, step.info.valid, jnp.zeros((), jnp.int32), jnp.ones(())
+        )
+
+    def fit_critic(critic_opt, batch, targets: Targets, key, hyper, progress):
+        """Value regression on the λ-returns (:func:`critic_lib.fit_critic`).
+
+        Args:
+          critic_opt: the critic's Adam state before the update.
+          batch: the rollout ``[T, N, ...]`` (its observations).
+          targets: the λ-returns and the critic they start from.
+          key: draws the envs' orders of the epochs after the first.
+          hyper: the hyperparameters (critic learning rate, gradient clip).
+          progress: the fraction of training done, for the annealed rate.
+
+        Returns:
+          :class:`CriticFit`.
+        """
+
+        def loss_fn(params, block):
+            block_obs, target = block
+            return losses.value_loss(critic.apply(params, block_obs), target)
+
+        params, opt_state, value_loss, _ = critic_lib.fit_critic(
+            loss_fn,
+            targets.critic,
+            critic_opt,
+            (batch.obs, targets.returns),
+            key,
+            base.learning_rate(hyper.critic_lr, progress, config.anneal_lr),
+            hyper.max_grad_norm,
+            *critic_fit(config),
+            block_rows,
+            backend,
+        )
+        return CriticFit(params, opt_state, value_loss)
+
+    return NaturalPhases(
+        policy=policy,
+        critic=critic,
+        targets=targets_phase,
+        policy_gradient=policy_gradient,
+        natural_step=natural_step,
+        line_search=backtracking if line_search else plain_step,
+        fit_critic=fit_critic,
+    )
+
+
+def _make_natural(
+    config: TrainConfig, spec: EnvSpec, backend: Backend, line_search: bool
+) -> base.Algorithm:
+    phases = make_natural_phases(config, spec, backend, line_search)
+
+    def update(agent: base.ActorCriticState, batch, key, hyper, progress):
+        actor = agent.actor
+        targets = phases.targets(agent, batch, hyper)
+        gradient = phases.policy_gradient(actor, batch, targets, hyper)
+        step = phases.natural_step(actor, batch, gradient, hyper)
+        policy = phases.line_search(actor, batch, targets, gradient, step, hyper)
+        fit = phases.fit_critic(agent.critic_opt, batch, targets, key, hyper, progress)
+        agent = agent.replace(
+            actor=policy.actor,
+            critic=fit.critic,
+            critic_opt=fit.critic_opt,
+            value_stats=targets.value_stats,
         )
         return agent, {
-            "policy_loss": -objective,
-            "value_loss": value_loss,
-            "entropy": entropy,
-            "grad_norm": base.global_norm(grads),
-            "kl": kl,
-            "cg_residual": step_info.cg_residual,
-            "cg_iterations": step_info.cg_iterations.astype(jnp.float32),
-            "xfx": step_info.xfx,
-            "step_norm": step_fraction * step_info.step_norm,
-            "backtracks": backtracks.astype(jnp.float32),
-            "accepted": accepted.astype(jnp.float32),
+            "policy_loss": -gradient.objective,
+            "value_loss": fit.value_loss,
+            "entropy": gradient.entropy,
+            "grad_norm": base.global_norm(gradient.grads),
+            "kl": policy.kl,
+            "cg_residual": step.info.cg_residual,
+            "cg_iterations": step.info.cg_iterations.astype(jnp.float32),
+            "xfx": step.info.xfx,
+            "step_norm": policy.step_fraction * step.info.step_norm,
+            "backtracks": policy.backtracks.astype(jnp.float32),
+            "accepted": policy.accepted.astype(jnp.float32),
             "learning_rate": base.learning_rate(
                 hyper.critic_lr, progress, config.anneal_lr
             ),
@@ -268,11 +504,11 @@ def _make_natural(
         }
 
     return base.Algorithm(
-        name=name,
-        init=init,
-        collect=collect,
+        name="trpo" if line_search else "npg",
+        init=base.actor_critic_init(phases.policy, phases.critic),
+        collect=base.fixed_length_collect(config, spec, phases.policy),
         update=update,
-        act=base.policy_act(policy),
+        act=base.policy_act(phases.policy),
         metric_names=METRICS,
     )
 
@@ -285,25 +521,3 @@ def make_npg(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
 def make_trpo(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
     """TRPO: the natural step with a backtracking line search on KL ≤ δ."""
     return _make_natural(config, spec, backend, line_search=True)
-
-
-def phase_prefix_updates(
-    config: TrainConfig, spec: EnvSpec, backend: Backend
-) -> dict[str, object]:
-    """Update functions that stop after each phase, for timing (benchmark.py).
-
-    ``{phase: update}`` for each name in :data:`PHASES` (``line_search`` only
-    for TRPO): ``update`` has the signature of ``Algorithm.update`` and runs the
-    phases up to and including ``phase``, returning the agent unchanged and a
-    ``checksum`` metric that depends on the phase's output (so XLA cannot drop
-    it). The cost of phase k is the time of prefix k minus that of prefix k−1;
-    the last prefix is the full update.
-    """
-    line_search = config.algo == "trpo"
-    updates = {}
-    for phase in PHASES:
-        if phase == "line_search" and not line_search:
-            continue
-        until = None if phase == "critic_fit" else phase
-        updates[phase] = _make_natural(config, spec, backend, line_search, until).update
-    return updates
