@@ -179,7 +179,7 @@ def test_write_json_atomic_leaves_old_or_new(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt  # a second Ctrl-C just before the rename
 
-    monkeypatch.setattr(runner.os, "replace", crash)
+    monkeypatch.setattr(runner.folder.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         runner.write_json_atomic(path, {"v": 2})
     monkeypatch.undo()

@@ -454,14 +454,14 @@ def test_a_stalled_chunk_gets_one_warning_and_still_returns(monkeypatch, capsys)
     import concurrent.futures
     import time
 
-    from pgjax import runner
+    from pgjax.runner import control
 
-    monkeypatch.setattr(runner, "STALL_FIRST_SECONDS", 0.05)
+    monkeypatch.setattr(control, "STALL_FIRST_SECONDS", 0.05)
     pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
         slow = lambda: (time.sleep(0.3), "done")[1]  # noqa: E731
-        result = runner._wait_chunk(pool, slow, slowest=0.0, label="chunk 1")
-        fast = runner._wait_chunk(pool, lambda: "quick", slowest=1.0, label="chunk 2")
+        result = control.wait_chunk(pool, slow, slowest=0.0, label="chunk 1")
+        fast = control.wait_chunk(pool, lambda: "quick", slowest=1.0, label="chunk 2")
     finally:
         pool.shutdown()
     err = capsys.readouterr().err

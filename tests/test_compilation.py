@@ -101,7 +101,7 @@ def test_final_evaluation_gets_heavy_options_only_when_heavy(monkeypatch):
         calls.append((options, jit_kwargs))
         return fn
 
-    monkeypatch.setattr(runner, "compile_with", fake_compile_with)
+    monkeypatch.setattr(runner.programs, "compile_with", fake_compile_with)
     cases = [(1, 128), (3, 128), (4, 128), (32, 16), (1, 1024)]
     for rows, episodes in cases:
         keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(rows))

@@ -204,3 +204,53 @@ def test_a_killed_process_ends_the_other_and_keeps_the_last_checkpoint(tmp_path)
     assert ended_after < timeout + 30
     # The last complete checkpoint of the run is still there and loadable.
     assert final_actor(tmp_path)
+
+
+def test_ctrl_c_on_one_process_stops_every_process_with_a_checkpoint(tmp_path):
+    argvs = cluster_argvs(tmp_path, 2, "--total-timesteps", "10000000")
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=process_env(1),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for argv in argvs
+    ]
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (tmp_path / "metrics.csv").is_file():
+            assert procs[0].poll() is None, procs[0].stderr.read()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # well into training
+        os.kill(procs[1].pid, signal.SIGINT)
+        codes = [proc.wait(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert codes == [130, 130], [p.stderr.read()[-2000:] for p in procs]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] and summary["signal"] == "SIGINT"
+    assert summary["checkpoint"] is not None
+    assert final_actor(tmp_path)
+
+
+def test_an_unreachable_coordinator_is_one_line_naming_the_flag():
+    # Process 1 alone: nobody listens at process 0's address.
+    cluster = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    cluster += ["--process-id", "1", "--cluster-timeout", "2"]
+    (result,) = run_processes(
+        [[sys.executable, *FLAGS, "--run-dir", "unused", *cluster]],
+        devices_per_process=1,
+        timeout_s=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.describe()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--coordinator" in lines[0], result.stderr
+    assert result.elapsed_s < 30

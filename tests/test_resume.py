@@ -28,6 +28,7 @@ from conftest import CACHE_DIR, TINY_CONFIG, run_main
 from pgjax import cli, runner
 from pgjax.checkpoints import Checkpointer
 from pgjax.config import TrainConfig
+from pgjax.runner import loop, programs
 from pgjax.train import make_train
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -405,7 +406,7 @@ def test_the_chunk_compiles_while_the_initial_state_compiles(tmp_path, monkeypat
     # one after the other, the wait would time out).
     chunk_started = threading.Event()
     overlapped = []
-    compile_chunk, compile_init = runner.compile_lowered, runner.compile_init
+    compile_chunk, compile_init = loop.compile_lowered, programs.compile_init
 
     def spy_chunk(lowered, options):
         chunk_started.set()
@@ -415,8 +416,8 @@ def test_the_chunk_compiles_while_the_initial_state_compiles(tmp_path, monkeypat
         overlapped.append(chunk_started.wait(timeout=60))
         return compile_init(*args)
 
-    monkeypatch.setattr(runner, "compile_lowered", spy_chunk)
-    monkeypatch.setattr(runner, "compile_init", spy_init)
+    monkeypatch.setattr(loop, "compile_lowered", spy_chunk)
+    monkeypatch.setattr(programs, "compile_init", spy_init)
     result = train(dataclasses.replace(PLAIN, total_timesteps=1024), tmp_path / "r")
     assert overlapped == [True]
     assert result.summary["total_timesteps"] >= 1024

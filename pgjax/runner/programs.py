@@ -1,0 +1,135 @@
+"""The run's compiled programs: initial state, training chunk, evaluation.
+
+The training state is placed as the trainer's
+:meth:`~pgjax.train.Trainer.state_shardings` say (seeds over the mesh's
+seeds axis, envs over its envs axis); the chunk takes and returns it so,
+which keeps it where it is between chunks. Programs that run once are built
+with the backend's run-once options.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from pgjax import distributed, parallel
+from pgjax.backend import Backend
+from pgjax.compilation import compile_with
+from pgjax.runner.layout import Layout, row_hyper, row_keys
+from pgjax.train import Trainer, TrainState
+
+
+def strong(tree: Any) -> Any:
+    """The same arrays without weak types.
+
+    The compiled chunk is specialised to exact input types; a restored state
+    has no weak types, so the fresh one must not have them either for both to
+    run the very same program.
+    """
+    return jax.tree.map(lambda x: x.astype(x.dtype), tree)
+
+
+def trace_init(trainer: Trainer, layout: Layout) -> jax.stages.Traced:
+    """The traced ``(keys, hyper) -> [R] state`` program (no weak types; see
+    :func:`strong`) for the rows' keys and hyperparameters. Its ``out_info``
+    is the abstract state, and a fresh run compiles it (:func:`compile_init`):
+    one trace serves both."""
+    config = trainer.config
+    return jax.jit(lambda k, h: strong(trainer.init_batch(k, h))).trace(
+        row_keys(config, layout), row_hyper(config, layout)
+    )
+
+
+def abstract_of(traced_init: jax.stages.Traced) -> Any:
+    """Shapes and dtypes of the state :func:`trace_init`'s program returns."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), traced_init.out_info
+    )
+
+
+def abstract_state(trainer: Trainer, layout: Layout) -> Any:
+    """Shapes and dtypes of the ``[R]`` state (for compiling and restoring)."""
+    return abstract_of(trace_init(trainer, layout))
+
+
+#: Episodes in all (rows × per row) from which the final evaluation is compiled
+#: at -O1 rather than -O0 (see pgjax.compilation): 4 seeds at the default 128.
+HEAVY_EVALUATION_EPISODES = 512
+
+
+def chunk_shardings(backend: Backend, shardings: Any) -> dict[str, Any]:
+    """``jax.jit``'s shardings of the training chunk: the state enters and
+    leaves as :meth:`~pgjax.train.Trainer.state_shardings` places it (so it
+    stays where it is between chunks), the metrics leave whole on every
+    device (every process reads them). Empty without a mesh."""
+    if shardings is None:
+        return {}
+    whole = NamedSharding(backend.mesh, PartitionSpec())
+    return {"in_shardings": (shardings,), "out_shardings": (shardings, whole)}
+
+
+def layout_summary(backend: Backend) -> dict[str, int]:
+    """How the run was laid over the devices, for summary.json."""
+    return {
+        "devices": backend.devices,
+        "seed_shards": backend.seed_shards,
+        "env_shards": backend.env_shards,
+        "processes": jax.process_count(),
+    }
+
+
+def compile_evaluation(
+    trainer: Trainer, abstract: Any, shardings: Any, episodes: int
+) -> Callable[[TrainState], np.ndarray]:
+    """Compiles the final evaluation for states shaped like ``abstract`` ``[R]``
+    (placed as ``shardings``: each device evaluates its seeds, and splits
+    their episodes like training's envs).
+
+    The returned function gives each row's mean mode-action return over
+    ``episodes`` fresh episodes (keys derived from the row's own key).
+    """
+    backend = trainer.backend
+
+    def returns(state: TrainState) -> jax.Array:
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 2**20)
+        evaluate = functools.partial(
+            trainer.evaluate, num_episodes=episodes, deterministic=True
+        )
+        return parallel.vmap_seeds(evaluate, backend)(state, keys)
+
+    rows = jax.tree.leaves(abstract)[0].shape[0]
+    heavy = rows * episodes >= HEAVY_EVALUATION_EPISODES
+    options = backend.heavy_run_once_options if heavy else backend.run_once_options
+    jit_shardings = {}
+    if shardings is not None:
+        jit_shardings = {
+            "in_shardings": (shardings,),
+            "out_shardings": NamedSharding(backend.mesh, PartitionSpec()),
+        }
+    compiled = compile_with(returns, abstract, options=options, **jit_shardings)
+    return lambda state: distributed.to_host_everywhere(compiled(state)).mean(axis=1)
+
+
+def compile_init(trainer: Trainer, layout: Layout, shardings: Any) -> Callable:
+    """The compiled ``(keys, hyper) -> [R] state`` (no weak types, see
+    :func:`strong`), built with the backend's run-once options and placing
+    the state as ``shardings``."""
+    config = trainer.config
+    backend = trainer.backend
+    return compile_with(
+        lambda k, h: strong(trainer.init_batch(k, h)),
+        row_keys(config, layout),
+        row_hyper(config, layout),
+        options=backend.run_once_options,
+        out_shardings=shardings,
+    )
+
+
+def call_chunk(chunk_fn, state):
+    new_state, metrics = chunk_fn(state)
+    return new_state, distributed.to_host_everywhere(metrics)
