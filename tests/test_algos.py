@@ -215,14 +215,25 @@ def _env_groups(order, minibatches):
     return [order[m::minibatches] for m in range(minibatches)]
 
 
-def _epoch_orders(key, epochs, envs):
-    """Each epoch's env order: in order first, then each env gets two random
-    uint32 per later epoch (``bits(key, (epochs - 1, N, 2))``) and the epoch
-    takes the envs in the order of theirs."""
+def _epoch_orders(key, epochs, envs, minibatches):
+    """Each epoch's env order: in order first; then, within each of the
+    ``G`` groups of consecutive envs (:func:`critic_lib.shuffle_groups`), each
+    env gets two random uint32 per later epoch (``bits(key, (epochs - 1, G,
+    N / G, 2))``) and the group's envs go in the order of theirs."""
+    groups = critic_lib.shuffle_groups(envs, minibatches)
+    size = envs // groups
     orders = [np.arange(envs)]
     if epochs > 1:
-        bits = np.asarray(jax.random.bits(key, (epochs - 1, envs, 2)))
-        orders += [np.lexsort((b[:, 1], b[:, 0])) for b in bits]
+        bits = np.asarray(jax.random.bits(key, (epochs - 1, groups, size, 2)))
+        for epoch_bits in bits:
+            orders.append(
+                np.concatenate(
+                    [
+                        g * size + np.lexsort((b[:, 1], b[:, 0]))
+                        for g, b in enumerate(epoch_bits)
+                    ]
+                )
+            )
     return orders
 
 
@@ -240,7 +251,7 @@ def test_fit_critic_steps_over_disjoint_env_groups(block_rows):
         backend=SPLIT,
     )  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    epochs = [_env_groups(order, 4) for order in _epoch_orders(key, 3, 8)]
+    epochs = [_env_groups(order, 4) for order in _epoch_orders(key, 3, 8, 4)]
     assert not all(
         np.array_equal(a, b) for a, b in zip(epochs[1], epochs[2], strict=True)
     )
@@ -272,7 +283,7 @@ def test_fit_critic_single_epoch_takes_env_groups_in_order():
         for seed in (0, 1)
     ]  # fmt: skip
     expected, opt_state = params, base.ADAM.init(params)
-    (order,) = _epoch_orders(jax.random.PRNGKey(0), 1, 8)
+    (order,) = _epoch_orders(jax.random.PRNGKey(0), 1, 8, 4)
     for group in _env_groups(order, 4):
         block = (obs[:, group].reshape(6, 2), targets[:, group].reshape(6))
         grads, _ = base.clip_by_global_norm(jax.grad(loss_fn)(expected, block), clip)

@@ -265,3 +265,26 @@ def test_replicated_parameters_stay_identical_on_every_device():
             assert len(shards) == 2
             for other in shards[1:]:
                 np.testing.assert_array_equal(shards[0], other)
+
+
+def test_epoch_shuffles_are_stratified_over_fixed_groups_of_envs():
+    assert critic.shuffle_groups(4096, 4) == critic.MAX_SHUFFLE_GROUPS
+    assert critic.shuffle_groups(8, 4) == 2
+    assert critic.shuffle_groups(24, 4) == 2  # 6 per minibatch: 2 groups of 12
+    assert critic.shuffle_groups(8, 8) == 1
+    orders = critic.epoch_orders(jax.random.PRNGKey(0), 3, 16, 4)
+    assert orders.shape == (3, 4, 4)
+    np.testing.assert_array_equal(orders[0], np.tile(np.arange(4), (4, 1)))
+    for order in orders[1:]:
+        for group in np.asarray(order):
+            assert sorted(group) == [0, 1, 2, 3]
+    assert not np.array_equal(orders[1], orders[2])
+    x = jnp.arange(2 * 16).reshape(2, 16)
+    out = critic.shuffled(x, orders[1])
+    expected = np.concatenate([g * 4 + np.asarray(o) for g, o in enumerate(orders[1])])
+    np.testing.assert_array_equal(out, x[:, expected])
+    # Split over two devices, each holds whole groups: the same result.
+    split = jax.jit(
+        lambda v: critic.shuffled(parallel.split_envs(v, ENV_SPLIT, 1), orders[1])
+    )(x)
+    np.testing.assert_array_equal(split, out)

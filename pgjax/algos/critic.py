@@ -81,23 +81,53 @@ def minibatch_split(x: Array, minibatches: int) -> Array:
     return jnp.moveaxis(x, 2, 0)
 
 
-def epoch_orders(key: Array, epochs: int, envs: int) -> Array:
-    """``[E, N]`` env orders of the fit's epochs: the first in index order,
-    each later one a uniform random permutation of all ``N`` envs.
+#: Most groups an epoch's shuffle is stratified over (:func:`shuffle_groups`).
+MAX_SHUFFLE_GROUPS = 64
 
+
+def shuffle_groups(envs: int, minibatches: int) -> int:
+    """``G``, the groups of consecutive envs an epoch shuffles within: the
+    largest power of two up to :data:`MAX_SHUFFLE_GROUPS` that divides
+    ``N / M`` (so that each group's ``N / G`` envs fill every minibatch
+    equally). A function of the config alone, like everything a seed
+    computes."""
+    per_minibatch = envs // minibatches
+    groups = 1
+    while groups * 2 <= MAX_SHUFFLE_GROUPS and per_minibatch % (groups * 2) == 0:
+        groups *= 2
+    return groups
+
+
+def epoch_orders(key: Array, epochs: int, envs: int, groups: int) -> Array:
+    """``[E, G, N/G]`` env orders of the fit's epochs, within each of ``G``
+    groups of consecutive envs: the first epoch in index order, each later
+    one a uniform random permutation of each group.
+
+    With the strided minibatches of :func:`minibatch_split`, each minibatch
+    then takes an equal random share of every group: a stratified shuffle.
     The envs are exchangeable (independent resets, none chosen by its index),
-    so the first epoch's strided minibatches are already a random split;
-    relative to it, each later epoch's order is a uniform permutation, as
-    when all shuffle. A permutation is the order that sorts 64 random bits
-    per env, drawn in one threefry call (a sort instead of
-    ``jax.random.permutation``'s rounds of splits and sorts: fewer kernels
-    to compile), over the global env axis: the same on any number of devices.
+    so it draws minibatches as a shuffle of all ``N`` envs does, and the
+    first epoch's strided minibatches are already a random split. Unlike a
+    shuffle of all envs, it moves no data between devices whose envs are
+    whole groups (when the devices divide ``G``). A permutation is the order
+    that sorts 64 random bits per env, drawn in one threefry call over the
+    global env axis: the same on any number of devices.
     """
-    first = jnp.arange(envs)[None]
+    size = envs // groups
+    first = jnp.broadcast_to(jnp.arange(size), (1, groups, size))
     if epochs == 1:
         return first
-    bits = jax.random.bits(key, (epochs - 1, envs, 2))
-    return jnp.concatenate([first, jax.vmap(_order_of)(bits)])
+    bits = jax.random.bits(key, (epochs - 1, groups, size, 2))
+    return jnp.concatenate([first, jax.vmap(jax.vmap(_order_of))(bits)])
+
+
+def shuffled(x: Array, order: Array) -> Array:
+    """``x [T, N, ...]`` with each group's envs in ``order [G, N/G]``."""
+    time = x.shape[0]
+    groups, size = order.shape
+    grouped = x.reshape(time, groups, size, *x.shape[2:])
+    index = order.reshape(1, groups, size, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(grouped, index, axis=2).reshape(x.shape)
 
 
 def _order_of(sort_keys: Array) -> Array:
@@ -127,8 +157,9 @@ def fit_critic(
 ):
     """Critic regression: ``epochs × minibatches`` clipped Adam steps.
 
-    Each epoch takes the envs in an order (:func:`epoch_orders`) and splits
-    them into ``minibatches`` equal groups (:func:`minibatch_split`); a
+    Each epoch takes the envs in an order (:func:`epoch_orders`, a shuffle
+    stratified over groups of envs) and splits them into ``minibatches``
+    equal groups (:func:`minibatch_split`); a
     minibatch is all ``T`` steps of one group. Targets are fixed before the
     fit, so one epoch of ``M`` minibatches costs the FLOPs of one full-batch
     step but moves the critic ``M`` times.
@@ -170,14 +201,16 @@ def fit_critic(
 
     def epoch(carry, order):
         # One epoch body for all epochs: the minibatch step compiles once.
-        ordered = data if order is None else jax.tree.map(lambda x: x[:, order], data)
+        ordered = data
+        if order is not None:
+            ordered = jax.tree.map(lambda x: shuffled(x, order), data)
         split = jax.tree.map(lambda x: minibatch_split(x, minibatches), ordered)
         return jax.lax.scan(step, carry, split)
 
     if epochs == 1:
         carry, (losses_, norms) = epoch((params, opt_state), None)
     else:
-        orders = epoch_orders(key, epochs, envs)
+        orders = epoch_orders(key, epochs, envs, shuffle_groups(envs, minibatches))
         carry, (losses_, norms) = jax.lax.scan(epoch, (params, opt_state), orders)
         losses_, norms = losses_[0], norms[0]
     params, opt_state = carry
