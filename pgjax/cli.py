@@ -5,9 +5,13 @@ Resolution order of every setting: TrainConfig default < preset for (algo, env)
 names the flag, exit code 2, and no run folder is created.
 
 * ``--resume --run-dir D`` continues D from its newest checkpoint. Settings come
-  from D/config.json; flags may change only ``--total-timesteps`` (and the
-  host-side ``--checkpoint-every``, ``--keep-checkpoints``, ``--tensorboard``,
-  ``--eval-episodes``); any other differing flag is refused, naming it.
+  from D/config.json; flags may change only ``--total-timesteps`` (and
+  ``--checkpoint-every``, ``--keep-checkpoints``, ``--tensorboard``,
+  ``--eval-episodes``, ``--devices``); any other differing flag is refused,
+  naming it.
+* ``--coordinator HOST:PORT --num-processes N --process-id I`` joins a run of
+  several processes (pgjax.distributed) before JAX starts; each process runs
+  the same command with its own id and the same ``--run-dir``.
 * Numeric hyperparameters in :data:`pgjax.config.SWEEPABLE` accept comma lists
   (``--lr 3e-4,1e-3 --ent-coef 0,0.01``): the product grid × ``--num-seeds``
   trains as one vmapped program (see :func:`pgjax.runner.run`).
