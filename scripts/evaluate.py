@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pgjax import _startup
 from pgjax.cli import EXIT_BAD_INPUT, OneLineParser
 
 # gymnax draws these through gymnasium's renderer, which needs pygame.
@@ -104,6 +105,9 @@ def build_parser() -> OneLineParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before pgjax.runner imports gymnax (pgjax._startup): its plotting
+    # imports load only if --gif draws.
+    _startup.defer_plotting_imports()
     try:
         return evaluate(args)
     except BadInput as error:
