@@ -254,3 +254,23 @@ def test_an_unreachable_coordinator_is_one_line_naming_the_flag():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--coordinator" in lines[0], result.stderr
     assert result.elapsed_s < 30
+
+
+def test_mismatched_process_counts_end_every_process_in_bounded_time(tmp_path):
+    # Process 0 expects 2 processes, the other claims to be process 2 of 3:
+    # JAX refuses the connection and both end, non-zero, within the timeout.
+    common = [sys.executable, *FLAGS, "--run-dir", str(tmp_path)]
+    common += ["--coordinator", f"127.0.0.1:{free_port()}", "--cluster-timeout", "5"]
+    results = run_processes(
+        [
+            [*common, "--num-processes", "2", "--process-id", "0"],
+            [*common, "--num-processes", "3", "--process-id", "2"],
+        ],
+        devices_per_process=1,
+        timeout_s=90,
+        cwd=ROOT,
+    )
+    for result in results:
+        assert not result.timed_out and result.returncode != 0, result.describe()
+        assert result.elapsed_s < 60
+    assert not (tmp_path / "config.json").exists()
