@@ -1,6 +1,8 @@
 """Measure pgjax's speed in one process: ceiling, algorithms, reference, scaling.
 
-  python scripts/benchmark.py --env CartPole-v1 --algos a2c,reinforce --out bench/
+  python scripts/benchmark.py --algos a2c,npg,trpo,reinforce
+
+regenerates docs/performance.md's raw data and figures on this machine.
 
 Everything is measured back to back in one process, so figures can be read as
 ratios against the reference (a minimal hand-written JAX A2C, see
@@ -20,20 +22,31 @@ Sections (each can be skipped):
                learning split, and NPG/TRPO's time per phase (programs that
                stop after each phase, run in alternation; a phase is the
                median over rounds of the difference within a round)
-  scaling      steps/s against num_envs (64 ... 65536) and against --num-seeds
+  scaling      steps/s against num_envs (64 ... 65536), each algorithm in
+               alternation with the reference at the same num_envs, and
+               against --num-seeds
   solve        wall seconds (compile included) to the solved threshold, median
                over seeds, by running scripts/train.py as a user would (with
                the user's compilation cache, or with --solve-cold an empty
                one per run: what a first run costs)
 
-Writes benchmark.json and benchmark.png (steps/s against num_envs, a line per
-algorithm and the ceiling) to --out. Runs unchanged on a GPU.
+Writes to --out (default: the repository's docs/bench/), under a name of the
+month and machine (``2026-12-cpu-2core``, ``2026-11-gpu-h100``; --name to
+choose another):
+  NAME.json        every figure, with the date, commit, jax version and device
+  NAME-speed.png   training steps/s against num_envs (log-log): a line per
+                   algorithm, the reference and the random-action ceiling
+  NAME-solve.png   seconds to the solved threshold per algorithm (median and
+                   range over seeds), beside rejax PPO and Stable-Baselines3
+                   A2C from the newest docs/bench/*-alternatives.json
+Runs unchanged on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -70,11 +83,16 @@ import numpy as np  # noqa: E402
 
 from pgjax import envs, hardware, parallel, presets, runner  # noqa: E402
 from pgjax.algos import base, natural_pg  # noqa: E402
+from pgjax.backend import mesh_shape  # noqa: E402
 from pgjax.compilation import compile_lowered, lower  # noqa: E402
 from pgjax.config import TrainConfig  # noqa: E402
 from pgjax.train import make_train, split_env_batch  # noqa: E402
 
 SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
+
+REPO = Path(__file__).resolve().parent.parent
+#: Where the report's raw results and figures live (docs/performance.md).
+DEFAULT_OUT = REPO / "docs" / "bench"
 
 
 def paired_times(programs, repeats: int) -> list[list[float]]:
@@ -219,12 +237,14 @@ def bench_algorithm(
     updates: int,
     repeats: int,
     reference: Reference | None = None,
+    devices: list | None = None,
 ) -> dict:
     """Training steps/s of ``updates`` updates, compile time, memory, phase split.
 
     With ``reference``, the chunk and the reference chunk run in alternation
     (:func:`paired_times`) and ``ratio_to_reference`` is the median over the
-    repeats of the two speeds' ratio.
+    repeats of the two speeds' ratio. ``devices``: those to split the seeds
+    and envs across (default: all of this process's).
     """
     if config.algo == "reinforce":
         # One update is a whole episode per env (up to 500 steps on CartPole),
@@ -235,7 +255,9 @@ def bench_algorithm(
         # reference and 10 measured 1.24×, in separate runs).
         repeats = max(1, min(repeats, 3))
     config = dataclasses.replace(config, updates_per_chunk=updates)
-    backend = hardware.backend_for(config, config.num_seeds, jax.devices())
+    if devices is None:
+        devices = hardware.run_devices()
+    backend = hardware.backend_for(config, config.num_seeds, devices)
     trainer = make_train(config, backend)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.num_seeds))
     abstract = jax.eval_shape(trainer.init_batch, keys)
@@ -320,7 +342,7 @@ def bench_algorithm(
         # The devices this measurement split the envs across, and those
         # train.py would (its --devices 0 splits only where that pays).
         "env_shards": backend.env_shards,
-        "train_py_env_shards": train_py_env_shards(config),
+        **train_py_split(config),
         "steps_per_second": steps / seconds,
         "compile_seconds": compile_s,
         "fused_kernels": distinct_fused_kernels(executable),
@@ -334,13 +356,25 @@ def bench_algorithm(
     }
 
 
-def train_py_env_shards(config) -> int:
-    """The devices train.py would split ``config``'s envs across (with its
-    ``--devices 0``, see :func:`pgjax.cpu.devices_that_pay`), given as
-    many devices as this process has."""
-    return cpu.devices_that_pay(
-        config.algo, config.num_envs, config.num_steps, len(jax.devices())
-    )
+def train_py_split(config) -> dict:
+    """How ``python scripts/train.py`` with its default ``--devices 0`` would
+    run ``config``: ``train_py_devices``, the devices it would use, and
+    ``train_py_env_shards``, those each seed's envs are split across.
+
+    On a CPU train.py exposes the devices that pay
+    (:func:`pgjax.hardware.cpu_device_count`), split over the seeds first
+    (:func:`pgjax.backend.mesh_shape`): with several seeds the devices may
+    train seeds side by side and split no seed's envs. Elsewhere it uses all
+    the devices.
+    """
+    if jax.devices()[0].platform == "cpu":
+        devices = hardware.cpu_device_count(
+            config.algo, config.num_envs, config.num_steps, config.num_seeds, 0
+        )
+    else:
+        devices = len(hardware.run_devices())
+    _, env_shards = mesh_shape(devices, config.num_seeds, config.num_envs)
+    return {"train_py_devices": devices, "train_py_env_shards": env_shards}
 
 
 def natural_phase_seconds(trainer, single, batch, updates: int, repeats: int):
@@ -500,32 +534,262 @@ def bench_solve(
     }
 
 
-def plot(report: dict, out: Path) -> None:
+#: Words of a device kind that name no model (``NVIDIA H100 80GB HBM3``).
+_VENDOR_WORDS = {"nvidia", "amd", "intel", "tesla", "geforce", "radeon", "instinct"}
+
+
+def machine_slug(platform: str, device_kind: str, cores: int) -> str:
+    """The machine in a file name: ``cpu-<cores>core`` on a CPU, else the
+    platform and the device's model (``gpu-h100``, ``gpu-a100``, ``tpu-v4``,
+    ``gpu-rtx-4090``): the words of ``device_kind`` after the vendor's, up
+    to the first with a digit, which leaves out memory sizes and variants."""
+    if platform == "cpu":
+        return f"cpu-{cores}core"
+    words = [
+        w
+        for w in re.split(r"[^a-z0-9]+", device_kind.lower())
+        if w and w not in _VENDOR_WORDS and w != platform
+    ]
+    model = []
+    for word in words:
+        model.append(word)
+        if any(c.isdigit() for c in word):
+            break
+    return "-".join([platform, *model[:3]])
+
+
+def report_stem(day: datetime.date, machine: str) -> str:
+    """``<YYYY-MM>-<machine>``: the results' file name without its suffix."""
+    return f"{day:%Y-%m}-{machine}"
+
+
+def git_commit() -> str | None:
+    """The short commit of the checkout the benchmark runs from (None
+    outside a git checkout or without git)."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
+def newest_alternatives(folder: Path = DEFAULT_OUT) -> Path | None:
+    """The newest ``*-alternatives.json`` in ``folder`` (names begin with the
+    month, so the last by name; file times change with every checkout)."""
+    found = sorted(folder.glob("*-alternatives.json"))
+    return found[-1] if found else None
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as the docs cite it)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _subtitle(report: dict) -> str:
+    """The machine, date and commit, under a plot's title."""
+    commit, devices = report.get("commit"), report.get("devices", 1)
+    if report["device"].startswith("cpu:") and "cores" in report:
+        machine = f"{report['cores']}-core CPU"
+    else:
+        machine = report["device"].partition(":")[2] or report["device"]
+    parts = [machine, f"{devices} JAX device{'s' if devices != 1 else ''}"]
+    parts += [report.get("date", ""), f"commit {commit}" if commit else ""]
+    return " · ".join(p for p in parts if p)
+
+
+def plot_speed(report: dict, out: Path) -> None:
+    """Training steps/s against num_envs from the scaling section (log-log):
+    a line per algorithm, the reference and the random-action ceiling."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        NullFormatter,
+        NullLocator,
+    )
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    scaling = report.get("scaling_envs", {})
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    scaling = report["scaling_envs"]
+    sizes = set()
     for name, rows in scaling.items():
+        if not rows:
+            continue
         xs = [r["num_envs"] for r in rows]
         ys = [r["steps_per_second"] for r in rows]
-        style = "k--" if name == "ceiling" else "-o"
-        ax.plot(xs, ys, style, label=name, markersize=3)
+        sizes.update(xs)
+        if name == "ceiling":
+            style = dict(color="black", linestyle="--", marker="v")
+            label = "random actions (ceiling)"
+        elif name == "reference_a2c":
+            style = dict(color="0.45", linestyle=":", marker="s")
+            label = "hand-written reference A2C"
+        else:
+            style = dict(linestyle="-", marker="o")
+            label = f"pgjax {name.upper()}"
+        ax.plot(xs, ys, label=label, markersize=5, linewidth=1.8, **style)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("num_envs")
+    # One tick per measured num_envs, written out (4096, not 2^12).
+    ax.xaxis.set_major_locator(FixedLocator(sorted(sizes)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(_steps_label))
+    # Within two decades few major ticks show, so the minor ones get labels
+    # too (in the same style); over more they would crowd.
+    low, high = ax.get_ylim()
+    narrow = high / low < 100
+    ax.yaxis.set_minor_formatter(
+        FuncFormatter(_steps_label) if narrow else NullFormatter()
+    )
+    ax.set_xlabel(f"num_envs (× {report['num_steps']} steps per rollout)")
     ax.set_ylabel("training env steps / s")
-    ax.set_title(f"{report['env']} on {report['device']}")
+    ax.set_title(f"Training speed, {report['env']}\n{_subtitle(report)}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def _steps_label(value: float, _position=None) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+#: How the alternatives' keys in ``*-alternatives.json`` read in a plot.
+ALTERNATIVE_LABELS = {"rejax_ppo": "rejax PPO", "sb3_a2c": "Stable-Baselines3 A2C"}
+
+
+def solve_bars(report: dict, alternatives: Path | None) -> list[dict]:
+    """The solve plot's bars: ``{label, seconds, seeds, source}`` per pgjax
+    algorithm in ``report["solve"]``, then per alternative in the
+    ``alternatives`` JSON measured on the same env; ``seconds`` holds the
+    seeds that reached the threshold."""
+    bars = []
+    for algo, result in report["solve"].items():
+        bars.append(
+            {
+                "label": f"pgjax {algo.upper()}",
+                "seconds": [
+                    r["seconds_to_threshold"]
+                    for r in result["runs"]
+                    if r.get("seconds_to_threshold") is not None
+                ],
+                "seeds": len(result["runs"]),
+                "source": "pgjax",
+            }
+        )
+    if alternatives is None:
+        return bars
+    data = json.loads(alternatives.read_text())
+    # An alternatives file names its env, or its scripts do
+    # (rejax_ppo_cartpole.py): only the report's env compares.
+    env_word = report["env"].split("-")[0].lower()
+    for key, entry in data.get("alternatives", {}).items():
+        if "env" in data:
+            comparable = data["env"] == report["env"]
+        else:
+            comparable = env_word in entry.get("script", "").lower()
+        if not comparable:
+            continue
+        bars.append(
+            {
+                "label": ALTERNATIVE_LABELS.get(key, key),
+                "seconds": [
+                    r["seconds_to_threshold"]
+                    for r in entry["runs"]
+                    if r.get("seconds_to_threshold") is not None
+                ],
+                "seeds": len(entry["runs"]),
+                "source": "alternative",
+            }
+        )
+    return bars
+
+
+def plot_solve(report: dict, out: Path, alternatives: Path | None) -> None:
+    """Seconds to the solved threshold: per pgjax algorithm of the solve
+    section and per alternative in the ``alternatives`` JSON (measured by the
+    scripts in docs/bench/alternatives), a bar at the median over the seeds
+    that reached it, a line over their range and a dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = solve_bars(report, alternatives)
+    threshold = next(iter(report["solve"].values()))["threshold"]
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.55 * len(bars)), dpi=120)
+    colors = {"pgjax": "tab:blue", "alternative": "tab:gray"}
+    longest = max((max(b["seconds"]) for b in bars if b["seconds"]), default=1.0)
+    for y, bar in enumerate(bars):
+        seconds = bar["seconds"]
+        if not seconds:
+            ax.text(
+                0,
+                y,
+                "  threshold not reached"
+                + (f" on any of {bar['seeds']} seeds" if bar["seeds"] > 1 else ""),
+                va="center",
+                fontsize=9,
+            )
+            continue
+        median = statistics.median(seconds)
+        color = colors[bar["source"]]
+        ax.barh(y, median, height=0.6, color=color, alpha=0.55)
+        ax.hlines(y, min(seconds), max(seconds), color="black", linewidth=1.5)
+        ax.plot(seconds, [y] * len(seconds), "k.", markersize=6)
+        note = f"{median:.1f} s"
+        if len(seconds) < bar["seeds"]:
+            note += f" ({len(seconds)}/{bar['seeds']} seeds reached it)"
+        ax.text(max(seconds) + 0.01 * longest, y, "  " + note, va="center", fontsize=9)
+    ax.set_yticks(
+        range(len(bars)),
+        [f"{b['label']} ({b['seeds']} seed{'s' * (b['seeds'] != 1)})" for b in bars],
+    )
+    ax.invert_yaxis()
+    ax.set_xlim(0, longest * 1.3)
+    cache = {r["compilation_cache"] for r in report["solve"].values()}
+    ax.set_xlabel(
+        f"seconds to a training return of {threshold:g}\n"
+        "(from the process's start: imports and compiling included)"
+    )
+    ax.set_title(
+        f"Time to solve {report['env']} (pgjax: compilation cache "
+        f"{', '.join(sorted(cache))})\n{_subtitle(report)}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, axis="x")
+    if any(b["source"] == "alternative" for b in bars):
+        note = (
+            f"Grey: from {_shown_path(alternatives)}, measured by the scripts "
+            "in docs/bench/alternatives/, not by this run."
+        )
+    else:
+        note = "No alternatives measured on this env in docs/bench/."
+    fig.text(0.01, 0.01, note, fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--algos", default="a2c,reinforce")
@@ -559,27 +823,59 @@ def main(argv=None) -> int:
         "measurements (0 = one per core; 1 = no split); passed on to the solve "
         "section's train.py runs, where 0 lets train.py choose",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="folder of the results and plots (default: docs/bench/)",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="file name of the results without .json (default: "
+        "<YYYY-MM>-<machine>, e.g. 2026-12-cpu-2core); the plots are "
+        "NAME-speed.png and NAME-solve.png",
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.devices < 0:
         parser.error("--devices: must be >= 0 (0 = one per core)")
-    # Run as a script, the device count was set before JAX started (above).
+    # Run as a script, the device count was set before JAX started (above);
+    # called in-process, the first --devices of the devices JAX has.
+    local = jax.local_device_count()
+    if args.devices > local:
+        parser.error(f"--devices {args.devices}: this process has {local}")
+    devices = hardware.run_devices(args.devices)
     skip = set(filter(None, args.skip.split(",")))
     algos = [a for a in args.algos.split(",") if a]
     args.out.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0]
+    cores = cpu.usable_cores()
+    today = datetime.date.today()
+    stem = args.name or report_stem(
+        today, machine_slug(device.platform, device.device_kind, cores)
+    )
+    json_path = args.out / f"{stem}.json"
+    command = sys.argv[1:] if argv is None else list(argv)
     report: dict = {
         "env": args.env,
+        "date": today.isoformat(),
+        "commit": git_commit(),
         "device": f"{device.platform}:{device.device_kind}",
         "cpu_count": os.cpu_count(),
-        "devices": len(jax.devices()),
+        "cores": cores,
+        "devices": len(devices),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "num_envs": args.num_envs,
         "num_steps": args.num_steps,
         "updates_per_chunk": args.updates,
         "repeats": args.repeats,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["benchmark.py", *command]),
         "chunk_compiler_options": {
             algo: dict(cpu.CHUNK_OPTIONS.get(algo, {}))
             if device.platform == "cpu"
@@ -592,7 +888,7 @@ def main(argv=None) -> int:
         print(message, flush=True)
 
     def save():
-        (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
+        json_path.write_text(json.dumps(report, indent=2))
 
     if "ceiling" not in skip:
         report["ceiling"] = bench_ceiling(
@@ -615,12 +911,14 @@ def main(argv=None) -> int:
             # Same workload as the reference (num_envs x num_steps), timed in
             # alternation with it: the ratio reported.
             config = config_for(algo, args.env, args.num_envs, args.num_steps)
-            result = bench_algorithm(config, args.updates, args.repeats, reference)
+            result = bench_algorithm(
+                config, args.updates, args.repeats, reference, devices
+            )
             # And the preset's own shape, which is what users run.
             preset_config = config_for(algo, args.env, args.num_envs, None)
             if preset_config.num_steps != config.num_steps and algo != "reinforce":
                 result["preset"] = bench_algorithm(
-                    preset_config, args.updates, args.repeats
+                    preset_config, args.updates, args.repeats, devices=devices
                 )
             report["algorithms"][algo] = result
             log(
@@ -653,20 +951,58 @@ def main(argv=None) -> int:
                     + ", ".join(f"{k} {1000 * v:.1f}" for k, v in split.items())
                 )
             save()
+    speed_path = args.out / f"{stem}-speed.png"
     if "scaling" not in skip and args.scaling_envs:
         sizes = [int(x) for x in args.scaling_envs.split(",") if x]
-        report["scaling_envs"] = {"ceiling": []}
+        with_reference = "reference" not in skip
+        scaling = {"ceiling": []}
+        if with_reference:
+            scaling["reference_a2c"] = []
+        scaling.update({algo: [] for algo in algos})
+        report["scaling_envs"] = scaling
         for n in sizes:
             ceiling = bench_ceiling(args.env, n, args.num_steps * args.updates, 3)
-            report["scaling_envs"]["ceiling"].append({"num_envs": n, **ceiling})
+            scaling["ceiling"].append({"num_envs": n, **ceiling})
             log(f"ceiling @ {n}: {ceiling['steps_per_second']:,.0f}")
-        for algo in algos:
-            rows = []
-            for n in sizes:
+            # One reference per num_envs, each algorithm timed in alternation
+            # with it (as in the algorithms section); built and dropped per
+            # size, since at 65536 envs it holds GBs.
+            sized = (
+                make_reference(args.env, n, args.num_steps, args.updates)
+                if with_reference
+                else None
+            )
+            for algo in algos:
                 config = config_for(algo, args.env, n, args.num_steps)
-                rows.append(bench_algorithm(config, args.updates, 3))
-                log(f"{algo} @ {n}: {rows[-1]['steps_per_second']:,.0f}")
-            report["scaling_envs"][algo] = rows
+                row = bench_algorithm(config, args.updates, 3, sized, devices)
+                scaling[algo].append(row)
+                log(
+                    f"{algo} @ {n}: {row['steps_per_second']:,.0f}"
+                    + (
+                        f" ({row['ratio_to_reference']:.2f}x reference)"
+                        if "ratio_to_reference" in row
+                        else ""
+                    )
+                )
+            if sized is not None:
+                # Its speed in each algorithm's pairs: the median of those.
+                paired = [scaling[a][-1]["reference_steps_per_second"] for a in algos]
+                if not paired:  # no algorithm to pair with: timed alone
+                    paired = [bench_reference(sized, 3)["steps_per_second"]]
+                scaling["reference_a2c"].append(
+                    {
+                        "num_envs": n,
+                        "steps_per_second": statistics.median(paired),
+                        "steps_per_second_in_pairs": paired,
+                        "compile_seconds": sized.compile_seconds,
+                        "memory_bytes": memory_bytes(sized.executable),
+                    }
+                )
+                log(
+                    f"reference a2c @ {n}: "
+                    f"{scaling['reference_a2c'][-1]['steps_per_second']:,.0f}"
+                )
+            del sized
             save()
         report["scaling_seeds"] = {}
         for algo in algos:
@@ -675,11 +1011,15 @@ def main(argv=None) -> int:
                 config = config_for(
                     algo, args.env, args.num_envs, args.num_steps, num_seeds=s
                 )
-                rows.append(bench_algorithm(config, args.updates, 3))
+                rows.append(bench_algorithm(config, args.updates, 3, devices=devices))
                 log(f"{algo} x {s} seeds: {rows[-1]['steps_per_second']:,.0f}")
             report["scaling_seeds"][algo] = rows
             save()
-        plot(report, args.out / "benchmark.png")
+        plot_speed(report, speed_path)
+        log(f"wrote {speed_path}")
+    else:
+        log(f"speed plot: skipped with the scaling section ({speed_path})")
+    solve_path = args.out / f"{stem}-solve.png"
     if "solve" not in skip and args.env in SOLVED:
         seeds = [int(x) for x in args.solve_seeds.split(",") if x]
         report["solve"] = {}
@@ -693,8 +1033,17 @@ def main(argv=None) -> int:
                 f"{result['solved_eval_seeds']}/{len(seeds)} seeds"
             )
             save()
+    if report.get("solve"):
+        alternatives = newest_alternatives()
+        plot_solve(report, solve_path, alternatives)
+        log(
+            f"wrote {solve_path}"
+            + (f" (alternatives: {_shown_path(alternatives)})" if alternatives else "")
+        )
+    else:
+        log(f"solve plot: skipped with the solve section ({solve_path})")
     save()
-    log(f"wrote {args.out / 'benchmark.json'}")
+    log(f"wrote {json_path}")
     return 0
 
 
