@@ -11,7 +11,6 @@ its last checkpoint loadable; a 2-process run resumes on 1 process.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 import pytest
 from multiprocess import free_port, process_env, run_processes
+from run_metrics import assert_same_metrics, read_metrics
 
 from pgjax import runner
 from pgjax.checkpoints import Checkpointer
@@ -53,7 +53,6 @@ FLAGS = [
     "--compile-cache", "off",
     "--cluster-timeout", "20",
 ]  # fmt: skip
-COLUMNS = ("episode_return", "policy_loss", "value_loss", "entropy", "grad_norm", "kl")
 FIRST_UPDATES = 4
 
 
@@ -85,30 +84,6 @@ def train_single(run_dir: Path, devices: int, *extra: str) -> None:
     assert result.returncode == 0, result.describe()
 
 
-def metrics(run_dir: Path) -> dict[tuple[int, int], dict[str, float]]:
-    with open(run_dir / "metrics.csv") as f:
-        return {
-            (int(row["seed"]), int(row["update"])): {
-                c: float(row[c]) if row[c] else np.nan for c in COLUMNS
-            }
-            for row in csv.DictReader(f)
-        }
-
-
-def assert_same_metrics(a: dict, b: dict, updates: int = FIRST_UPDATES) -> None:
-    assert a.keys() == b.keys()
-    for key in sorted(a):
-        if key[1] <= updates:
-            for column in COLUMNS:
-                np.testing.assert_allclose(
-                    a[key][column],
-                    b[key][column],
-                    rtol=1e-4,
-                    atol=1e-5,
-                    err_msg=f"update {key[1]} {column}",
-                )
-
-
 def final_actor(run_dir: Path) -> list[np.ndarray]:
     """The actor's parameters at the run's newest checkpoint."""
     config, sweep = runner.load_run_config(run_dir)
@@ -136,9 +111,9 @@ def test_two_processes_train_the_run_of_one(runs):
     assert summaries["p2"]["processes"] == 2
     assert (summaries["p2"]["devices"], summaries["p2"]["env_shards"]) == (2, 2)
     assert (summaries["d2"]["processes"], summaries["d2"]["env_shards"]) == (1, 2)
-    one = metrics(runs / "d1")
+    one = read_metrics(runs / "d1")
     for name in ("p2", "d2"):
-        assert_same_metrics(one, metrics(runs / name))
+        assert_same_metrics(one, read_metrics(runs / name), FIRST_UPDATES)
     # Process 0 alone wrote the folder, complete.
     for name in ("config.json", "summary.json", "learning_curve.png"):
         assert (runs / "p2" / name).is_file()
@@ -156,7 +131,40 @@ def test_a_two_process_run_resumes_on_one_process(runs, tmp_path):
     train_single(tmp_path, 1, "--resume", "--total-timesteps", "1024")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["resumed_from"] == 512 and summary["processes"] == 1
-    assert_same_metrics(metrics(runs / "p2"), metrics(tmp_path), updates=6)
+    assert_same_metrics(read_metrics(runs / "p2"), read_metrics(tmp_path), updates=6)
+
+
+def start_cluster(argvs: list[list[str]]) -> list[subprocess.Popen]:
+    """The processes of ``argvs`` started side by side, each in its own
+    session (so that a test can kill one, or all)."""
+    return [
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=process_env(1),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for argv in argvs
+    ]
+
+
+def wait_until(ready, procs: list[subprocess.Popen], seconds: float = 180) -> None:
+    """Waits for ``ready()`` while process 0 runs (fails if it ends first)."""
+    deadline = time.time() + seconds
+    while not ready():
+        assert procs[0].poll() is None, procs[0].stderr.read()[-3000:]
+        assert time.time() < deadline, f"not ready within {seconds} s"
+        time.sleep(0.2)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_a_killed_process_ends_the_other_and_keeps_the_last_checkpoint(tmp_path):
@@ -168,38 +176,23 @@ def test_a_killed_process_ends_the_other_and_keeps_the_last_checkpoint(tmp_path)
         "--checkpoint-every", "2",
         "--cluster-timeout", str(timeout),
     )  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=process_env(1),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for argv in argvs
-    ]
+    procs = start_cluster(argvs)
+    checkpoints = tmp_path / "checkpoints"
     try:
-        # Wait until training has written a checkpoint, then kill process 1.
-        deadline = time.time() + 180
-        checkpoints = tmp_path / "checkpoints"
-        while time.time() < deadline and not (
-            checkpoints.is_dir()
-            and any(p.name.isdigit() for p in checkpoints.iterdir())
-        ):
-            assert procs[0].poll() is None, procs[0].stderr.read()[-3000:]
-            time.sleep(0.2)
-        assert checkpoints.is_dir(), "no checkpoint within 180 s"
+        # Once training has written a checkpoint, kill process 1.
+        wait_until(
+            lambda: (
+                checkpoints.is_dir()
+                and any(p.name.isdigit() for p in checkpoints.iterdir())
+            ),
+            procs,
+        )
         os.kill(procs[1].pid, signal.SIGKILL)
         killed = time.time()
         code = procs[0].wait(timeout=timeout + 60)
         ended_after = time.time() - killed
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_all(procs)
     assert code != 0
     assert ended_after < timeout + 30
     # The last complete checkpoint of the run is still there and loadable.
@@ -208,31 +201,14 @@ def test_a_killed_process_ends_the_other_and_keeps_the_last_checkpoint(tmp_path)
 
 def test_ctrl_c_on_one_process_stops_every_process_with_a_checkpoint(tmp_path):
     argvs = cluster_argvs(tmp_path, 2, "--total-timesteps", "10000000")
-    procs = [
-        subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=process_env(1),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for argv in argvs
-    ]
+    procs = start_cluster(argvs)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not (tmp_path / "metrics.csv").is_file():
-            assert procs[0].poll() is None, procs[0].stderr.read()[-3000:]
-            time.sleep(0.2)
+        wait_until(lambda: (tmp_path / "metrics.csv").is_file(), procs)
         time.sleep(1.0)  # well into training
         os.kill(procs[1].pid, signal.SIGINT)
         codes = [proc.wait(timeout=120) for proc in procs]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_all(procs)
     assert codes == [130, 130], [p.stderr.read()[-2000:] for p in procs]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["interrupted"] and summary["signal"] == "SIGINT"

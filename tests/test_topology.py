@@ -11,15 +11,14 @@ continues the same run.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from run_metrics import assert_same_metrics, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,8 +42,6 @@ FLAGS = [
     "--no-progress",
     "--compile-cache", "off",
 ]  # fmt: skip
-# Compared columns: everything a seed computes (not wall_time).
-COLUMNS = ("episode_return", "policy_loss", "value_loss", "entropy", "grad_norm", "kl")
 # Updates compared (of 8 per seed): the first ones, before a flipped action
 # from a differently rounded sum can send a seed down another path.
 FIRST_UPDATES = 4
@@ -69,31 +66,6 @@ def train(run_dir: Path, devices: int, *extra: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def metrics(run_dir: Path) -> dict[tuple[int, int], dict[str, float]]:
-    with open(run_dir / "metrics.csv") as f:
-        return {
-            (int(row["seed"]), int(row["update"])): {
-                c: float(row[c]) if row[c] else np.nan for c in COLUMNS
-            }
-            for row in csv.DictReader(f)
-        }
-
-
-def assert_same_run(a: dict, b: dict, updates: int = FIRST_UPDATES) -> None:
-    assert a.keys() == b.keys()
-    for key in sorted(a):
-        if key[1] > updates:
-            continue
-        for column in COLUMNS:
-            np.testing.assert_allclose(
-                a[key][column],
-                b[key][column],
-                rtol=1e-4,
-                atol=1e-5,
-                err_msg=f"seed {key[0]} update {key[1]} {column}",
-            )
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("topology")
@@ -105,9 +77,9 @@ def test_one_two_and_four_devices_give_the_same_run(runs):
     root, summaries = runs
     layouts = {n: (s["seed_shards"], s["env_shards"]) for n, s in summaries.items()}
     assert layouts == {1: (1, 1), 2: (2, 1), 4: (2, 2)}
-    one = metrics(root / "d1")
+    one = read_metrics(root / "d1")
     for n in (2, 4):
-        assert_same_run(one, metrics(root / f"d{n}"))
+        assert_same_metrics(one, read_metrics(root / f"d{n}"), FIRST_UPDATES)
 
 
 def test_resume_onto_another_device_count_continues_the_same_run(runs, tmp_path):
@@ -117,9 +89,9 @@ def test_resume_onto_another_device_count_continues_the_same_run(runs, tmp_path)
     resumed = train(tmp_path, 1, "--resume", "--total-timesteps", "1024")
     assert resumed["resumed_from"] == 512
     assert (resumed["seed_shards"], resumed["env_shards"]) == (1, 1)
-    straight = metrics(root / "d4")
-    continued = metrics(tmp_path)
+    straight = read_metrics(root / "d4")
+    continued = read_metrics(tmp_path)
     # The resumed updates continue from the restored state: they match the
     # straight run on 4 devices to float tolerance (updates 5-6 right after
     # the resume point), as the first half does exactly.
-    assert_same_run(straight, continued, updates=6)
+    assert_same_metrics(straight, continued, updates=6)
