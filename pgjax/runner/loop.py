@@ -52,7 +52,7 @@ class _Run:
     host: report.Host
     state: Any = None
     resumed_from: int | None = None
-    wall_offset: float = 0.0  # wall seconds of the run's earlier sessions
+    wall_offset: float = 0.0  # wall seconds the run had before this start
     compile_seconds: float = 0.0
     writer: Any = None
     tensorboard: Any = None
@@ -66,7 +66,7 @@ class _Run:
         return labels + list(self.trainer.metric_names)
 
     def wall_time(self, now: float) -> float:
-        """Seconds since the run first started (earlier sessions included)."""
+        """Seconds since the run first started (earlier starts included)."""
         return self.wall_offset + now - self.start_time
 
     def close(self) -> None:
