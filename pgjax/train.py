@@ -221,11 +221,40 @@ class Trainer:
         (``lax.cond`` stays a branch rather than becoming a select of both
         sides).
         """
-        if jax.tree.leaves(state)[0].shape[0] > 1:
+        rows = jax.tree.leaves(state)[0].shape[0]
+        if rows > 1 and rows == self.backend.devices == self.backend.seed_shards:
+            return self._one_seed_per_device(state)
+        if rows > 1:
             return parallel.vmap_seeds(self.train_chunk, self.backend)(state)
         single = jax.tree.map(lambda x: x[0], state)
         single, metrics = self.train_chunk(single)
         return jax.tree.map(lambda x: x[None], (single, metrics))
+
+    def _one_seed_per_device(
+        self, state: TrainState
+    ) -> tuple[TrainState, dict[str, Array]]:
+        """:meth:`train_chunk_batch` with each seed on a device of its own.
+
+        Each device runs the unbatched one-seed program on its seed, as a
+        single seed does: under ``vmap`` a batch of one seed per device would
+        turn the idle slots' branch into a select of both sides and every
+        product into a batched one, which ran far slower. The seeds' programs
+        never communicate (REINFORCE's episode loop ends for each on its own).
+        """
+
+        def per_device(rows: TrainState):
+            single = jax.tree.map(lambda x: x[0], rows)
+            single, metrics = self.train_chunk(single)
+            return jax.tree.map(lambda x: x[None], (single, metrics))
+
+        seeds = PartitionSpec(SEEDS)
+        return jax.shard_map(
+            per_device,
+            mesh=self.backend.mesh,
+            in_specs=seeds,
+            out_specs=seeds,
+            check_vma=False,
+        )(state)
 
     def train(self, key: Array, hyper: Hyperparams | None = None) -> TrainState:
         """Trains one seed to ``total_timesteps`` in one compiled loop.
