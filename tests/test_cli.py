@@ -359,6 +359,14 @@ BAD_INPUTS = [
     (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
     (["--devices", "-1"], "--devices"),
     (["--devices", "two"], "--devices"),
+    (["--cluster-timeout", "0"], "--cluster-timeout"),
+    (["--coordinator", "node0"], "--coordinator"),  # no port
+    (["--coordinator", "h:1", "--num-processes", "2"], "--process-id"),
+    (
+        ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+        "--process-id",
+    ),
+    (["--num-processes", "two"], "--num-processes"),
 ]
 
 
