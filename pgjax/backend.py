@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from jax.sharding import Mesh
 
 #: The mesh axis seeds and swept configurations are split over.
@@ -108,8 +109,6 @@ def _largest_divisor(n: int, at_most: int, also_divides: int = 0) -> int:
 def make_mesh(devices: list, rows: int, num_envs: int) -> Mesh | None:
     """A ``(SEEDS, ENVS)`` mesh over the first devices of ``devices`` that
     :func:`mesh_shape` uses; None when that is one device."""
-    import numpy as np
-
     seed_shards, env_shards = mesh_shape(len(devices), rows, num_envs)
     if seed_shards * env_shards == 1:
         return None

@@ -224,7 +224,7 @@ class Checkpointer:
         if jax.tree.structure(state) != jax.tree.structure(abstract_state):
             raise CheckpointError("the saved state has a different structure")
 
-        def to_device(x, like):
+        def checked(x, like):
             if x.shape != like.shape or x.dtype != like.dtype:
                 raise CheckpointError(
                     f"saved leaf {x.dtype}{list(x.shape)} does not match "
@@ -232,7 +232,7 @@ class Checkpointer:
                 )
             return x
 
-        state = jax.tree.map(to_device, state, abstract_state)
+        state = jax.tree.map(checked, state, abstract_state)
         if not isinstance(host, dict) or host.get("format") != HOST_FORMAT:
             raise CheckpointError("unknown checkpoint format")
         return state, host

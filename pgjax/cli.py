@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import sys
 import typing
 from pathlib import Path
@@ -273,22 +274,23 @@ def _run_shape(args: argparse.Namespace) -> tuple[str, int, int, int]:
     saved = _saved_config(args)
     if saved is not None:
         try:
-            rows = int(saved["num_seeds"])
-            for values in (saved.get("sweep") or {}).values():
-                rows *= len(values)
             return (
                 str(saved["algo"]),
                 int(saved["num_envs"]),
                 int(saved["num_steps"]),
-                rows,
+                _rows(int(saved["num_seeds"]), saved.get("sweep") or {}),
             )
         except (KeyError, ValueError, TypeError):
             pass  # the resume reports what is wrong with the folder
     config = resolve_config(args)
-    rows = config.num_seeds
-    for values in resolve_sweep(args).values():
-        rows *= len(values)
+    rows = _rows(config.num_seeds, resolve_sweep(args))
     return config.algo, config.num_envs, config.num_steps, rows
+
+
+def _rows(num_seeds: int, sweep: dict[str, list]) -> int:
+    """Rows of the run's program: seeds × configurations of the swept grid
+    (as :class:`pgjax.runner.Layout` lays them out)."""
+    return num_seeds * math.prod(len(values) for values in sweep.values())
 
 
 def _train_main(argv: list[str] | None, start_time: float) -> int:

@@ -255,7 +255,7 @@ def _start(r: _Run, resume: bool) -> Callable:
         # them, so the first chunk starts sooner from an empty cache.
         chunk_compiled = compile_training_chunk()
         keys, hyper = row_keys(config, r.layout), row_hyper(config, r.layout)
-        init = programs.compile_init(trainer, r.layout, r.shardings)
+        init = programs.compile_init(trainer, keys, hyper, r.shardings)
         r.state = control.wait(r.pool, init, keys, hyper)
     if resume and r.primary:
         _truncate_metrics(r)

@@ -36,9 +36,10 @@ def strong(tree: Any) -> Any:
 
 def trace_init(trainer: Trainer, layout: Layout) -> jax.stages.Traced:
     """The traced ``(keys, hyper) -> [R] state`` program (no weak types; see
-    :func:`strong`) for the rows' keys and hyperparameters. Its ``out_info``
-    is the abstract state, and a fresh run compiles it (:func:`compile_init`):
-    one trace serves both."""
+    :func:`strong`) for the rows' keys and hyperparameters; its ``out_info``
+    is the abstract state. (:func:`compile_init` traces it again with the
+    state's shardings, which depend on that abstract state; the pieces
+    ``init_batch`` jits inside are traced once for both.)"""
     config = trainer.config
     return jax.jit(lambda k, h: strong(trainer.init_batch(k, h))).trace(
         row_keys(config, layout), row_hyper(config, layout)
@@ -58,7 +59,7 @@ def abstract_state(trainer: Trainer, layout: Layout) -> Any:
 
 
 #: Episodes in all (rows × per row) from which the final evaluation is compiled
-#: at -O1 rather than -O0 (see pgjax.compilation): 4 seeds at the default 128.
+#: with the backend's heavy run-once options: 4 seeds at the default 128.
 HEAVY_EVALUATION_EPISODES = 512
 
 
@@ -115,17 +116,17 @@ def compile_evaluation(
     return lambda state: distributed.to_host_everywhere(compiled(state)).mean(axis=1)
 
 
-def compile_init(trainer: Trainer, layout: Layout, shardings: Any) -> Callable:
+def compile_init(
+    trainer: Trainer, keys: jax.Array, hyper: Any, shardings: Any
+) -> Callable:
     """The compiled ``(keys, hyper) -> [R] state`` (no weak types, see
-    :func:`strong`), built with the backend's run-once options and placing
-    the state as ``shardings``."""
-    config = trainer.config
-    backend = trainer.backend
+    :func:`strong`) for arguments like ``keys`` and ``hyper``, built with the
+    backend's run-once options and placing the state as ``shardings``."""
     return compile_with(
         lambda k, h: strong(trainer.init_batch(k, h)),
-        row_keys(config, layout),
-        row_hyper(config, layout),
-        options=backend.run_once_options,
+        keys,
+        hyper,
+        options=trainer.backend.run_once_options,
         out_shardings=shardings,
     )
 
