@@ -258,7 +258,9 @@ class TensorBoardLogger:
 
     Runs are ``tensorboard/seed_<s>`` (``config_<c>/seed_<s>`` in a sweep); the
     x-axis is environment steps. On resume, events past the checkpoint are
-    purged (``purge_step``), as metrics.csv's rows are truncated.
+    purged (``purge_step``), as metrics.csv's rows are truncated. ``start``
+    numbers the run's starts (1, then one more per resume): each start writes
+    event files of its own.
     """
 
     def __init__(
@@ -267,6 +269,7 @@ class TensorBoardLogger:
         layout: Layout,
         metric_names: Sequence[str],
         purge_steps: Sequence[int | None],
+        start: int = 1,
     ):
         try:
             from tensorboardX import SummaryWriter
@@ -287,6 +290,10 @@ class TensorBoardLogger:
                     logdir=str(run_dir / "tensorboard" / name),
                     purge_step=purge_steps[row],
                     flush_secs=30,
+                    # Event files are named by the second they open in: a
+                    # resume within the same second would overwrite the
+                    # earlier start's file without a suffix of its own.
+                    filename_suffix=f".start{start}",
                 )
             )
 

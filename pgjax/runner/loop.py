@@ -295,7 +295,7 @@ def _open_logs(r: _Run, progress: bool) -> None:
     if r.config.tensorboard and r.primary:
         purge = [int(s) + 1 if s > 0 else None for s in r.host.steps]
         r.tensorboard = folder.TensorBoardLogger(
-            r.run_dir, r.layout, r.trainer.metric_names, purge
+            r.run_dir, r.layout, r.trainer.metric_names, purge, r.host.sessions
         )
     r.bar = report.progress_bar(
         r.config, progress and r.primary, int(r.host.steps.min())
