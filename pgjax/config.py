@@ -88,6 +88,14 @@ class TrainConfig:
     max_kl: float = _field(0.01, "trust region: KL(old‖new) allowed per update")
     cg_iters: int = _field(10, "conjugate-gradient iterations for F⁻¹g")
     cg_damping: float = _field(0.1, "damping added to the Fisher matrix")
+    natural_step: str = _field(
+        "kl",
+        "npg/nac step: kl (scale the natural direction x so that ½·xᵀFx = max-kl) "
+        "or fixed (θ += natural-lr·x, the textbook step)",
+    )
+    natural_lr: float = _field(
+        0.1, "η of the fixed natural step θ += η·F⁻¹g (--natural-step fixed)"
+    )
     backtrack_ratio: float = _field(0.8, "trpo line-search step shrink factor")
     max_backtracks: int = _field(10, "trpo line-search attempts")
     critic_epochs: int = _field(
@@ -180,6 +188,7 @@ SWEEPABLE = (
     "max_kl",
     "cg_damping",
     "backtrack_ratio",
+    "natural_lr",
 )
 
 
@@ -199,6 +208,7 @@ class Hyperparams:
     max_kl: jax.Array
     cg_damping: jax.Array
     backtrack_ratio: jax.Array
+    natural_lr: jax.Array
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Hyperparams:
@@ -227,6 +237,7 @@ _CHOICES = {
     "returns": ("total", "reward-to-go"),
     "baseline": ("none", "mean", "value"),
     "critic": ("v", "q"),
+    "natural_step": ("kl", "fixed"),
     "activation": ("tanh", "relu", "elu", "gelu", "silu"),
 }
 
@@ -317,6 +328,7 @@ def validate(config: TrainConfig) -> None:
     need(config.max_kl > 0, "max_kl", "> 0")
     need(config.cg_damping >= 0, "cg_damping", ">= 0")
     need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
+    need(config.natural_lr > 0, "natural_lr", "> 0")
     need(
         len(config.hidden) > 0 and all(w > 0 for w in config.hidden),
         "hidden",
