@@ -403,7 +403,9 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
     per_seed = ", ".join(f"{x:.1f}" for x in summary["eval_return_per_seed"])
     print(
         f"{config.algo} on {config.env}: eval_return {summary['eval_return']:.1f} "
-        f"(per seed: {per_seed}); {summary['total_timesteps']:,} steps/seed, "
+        f"(per seed: {per_seed}), sampled policy "
+        f"{summary['eval_return_sampled']:.1f}; "
+        f"{summary['total_timesteps']:,} steps/seed, "
         f"{summary['steps_per_second']:,.0f} steps/s, compile "
         f"{summary['compile_seconds']:.1f}s, wall {summary['wall_seconds']:.1f}s"
     )

@@ -166,6 +166,8 @@ def test_a2c_smoke_summary(a2c_run):
         "final_return",
         "eval_return",
         "eval_return_per_seed",
+        "eval_return_sampled",
+        "eval_return_sampled_per_seed",
         "steps_per_second",
         "compile_seconds",
         "wall_seconds",
@@ -173,6 +175,7 @@ def test_a2c_smoke_summary(a2c_run):
     ):
         assert key in summary, key
     assert len(summary["eval_return_per_seed"]) == 2
+    assert len(summary["eval_return_sampled_per_seed"]) == 2
     assert summary["eval_return"] == pytest.approx(
         sum(summary["eval_return_per_seed"]) / 2
     )

@@ -108,10 +108,25 @@ def test_final_evaluation_gets_heavy_options_only_when_heavy(monkeypatch):
         abstract = jax.eval_shape(trainer.init_batch, keys)
         runner.compile_evaluation(trainer, abstract, None, episodes)
     expected = [
-        heavy if rows * episodes >= runner.HEAVY_EVALUATION_EPISODES else light
+        heavy if 2 * rows * episodes >= runner.HEAVY_EVALUATION_EPISODES else light
         for rows, episodes in cases
     ]
     assert light in expected and heavy in expected  # the cases straddle it
     assert [options for options, _ in calls] == expected
     # Without shardings, JAX places the evaluation.
     assert all(jit_kwargs == {} for _, jit_kwargs in calls)
+
+
+def test_evaluation_reports_the_mode_and_the_sampled_policy():
+    """On ProbeOneStep-v0 (reward 1 for action 1, else 0) an untrained
+    policy's mode takes one action in every episode, so its mean return is
+    exactly 0 or 1, while sampling takes both: strictly in between."""
+    trainer = make_train(TrainConfig(algo="a2c", env="ProbeOneStep-v0", num_envs=4))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(3))
+    state = jax.jit(trainer.init_batch)(keys)
+    evaluate = runner.compile_evaluation(trainer, state, None, episodes=128)
+    returns = evaluate(state)
+    assert set(returns) == {"mode", "sampled"}
+    assert returns["mode"].shape == returns["sampled"].shape == (3,)
+    assert all(r in (0.0, 1.0) for r in returns["mode"])
+    assert np.all((returns["sampled"] > 0.1) & (returns["sampled"] < 0.9))

@@ -16,7 +16,8 @@ Run folder::
   config.json     the resolved configuration (updates_per_chunk resolved) and
                   the swept lists ("sweep", empty when not sweeping)
   metrics.csv     one row per seed (per configuration) per update (long format)
-  summary.json    final and evaluation returns, speed, compile and wall time,
+  summary.json    final and evaluation returns (mode and sampled policy),
+                  speed, compile and wall time,
                   the layout over devices and processes
   learning_curve.png
   checkpoints/    the whole training state every --checkpoint-every updates,

@@ -58,9 +58,10 @@ def abstract_state(trainer: Trainer, layout: Layout) -> Any:
     return abstract_of(trace_init(trainer, layout))
 
 
-#: Episodes in all (rows × per row) from which the final evaluation is compiled
-#: with the backend's heavy run-once options: 4 seeds at the default 128.
-HEAVY_EVALUATION_EPISODES = 512
+#: Episodes in all (rows × per row × the mode and the sampled policy) from which
+#: the final evaluation is compiled with the backend's heavy run-once options:
+#: 4 seeds at the default 128.
+HEAVY_EVALUATION_EPISODES = 1024
 
 
 def chunk_shardings(backend: Backend, shardings: Any) -> dict[str, Any]:
@@ -86,25 +87,31 @@ def layout_summary(backend: Backend) -> dict[str, int]:
 
 def compile_evaluation(
     trainer: Trainer, abstract: Any, shardings: Any, episodes: int
-) -> Callable[[TrainState], np.ndarray]:
+) -> Callable[[TrainState], dict[str, np.ndarray]]:
     """Compiles the final evaluation for states shaped like ``abstract`` ``[R]``
     (placed as ``shardings``: each device evaluates its seeds, and splits
     their episodes like training's envs).
 
-    The returned function gives each row's mean mode-action return over
-    ``episodes`` fresh episodes (keys derived from the row's own key).
+    The returned function gives each row's mean return over ``episodes`` fresh
+    episodes twice: ``"mode"`` acting with the distribution's mode (argmax or
+    the Gaussian mean) and ``"sampled"`` sampling from the policy as in
+    training. A policy that only works stochastically shows as a gap between
+    the two. Keys derive from each row's own key.
     """
     backend = trainer.backend
 
-    def returns(state: TrainState) -> jax.Array:
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 2**20)
-        evaluate = functools.partial(
-            trainer.evaluate, num_episodes=episodes, deterministic=True
-        )
-        return parallel.vmap_seeds(evaluate, backend)(state, keys)
+    def returns(state: TrainState) -> dict[str, jax.Array]:
+        def evaluate(deterministic: bool, salt: int) -> jax.Array:
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, salt)
+            fn = functools.partial(
+                trainer.evaluate, num_episodes=episodes, deterministic=deterministic
+            )
+            return parallel.vmap_seeds(fn, backend)(state, keys)
+
+        return {"mode": evaluate(True, 2**20), "sampled": evaluate(False, 2**20 + 1)}
 
     rows = jax.tree.leaves(abstract)[0].shape[0]
-    heavy = rows * episodes >= HEAVY_EVALUATION_EPISODES
+    heavy = 2 * rows * episodes >= HEAVY_EVALUATION_EPISODES
     options = backend.heavy_run_once_options if heavy else backend.run_once_options
     jit_shardings = {}
     if shardings is not None:
@@ -113,7 +120,12 @@ def compile_evaluation(
             "out_shardings": NamedSharding(backend.mesh, PartitionSpec()),
         }
     compiled = compile_with(returns, abstract, options=options, **jit_shardings)
-    return lambda state: distributed.to_host_everywhere(compiled(state)).mean(axis=1)
+
+    def run(state: TrainState) -> dict[str, np.ndarray]:
+        values = distributed.to_host_everywhere(compiled(state))
+        return {name: v.mean(axis=1) for name, v in values.items()}
+
+    return run
 
 
 def compile_init(

@@ -98,11 +98,26 @@ class Host:
         return int(self.steps.max())
 
 
+def eval_fields(
+    eval_returns: dict[str, np.ndarray] | None, rows: slice
+) -> dict[str, Any]:
+    """``eval_return`` (mode action) and ``eval_return_sampled`` (actions
+    sampled from the policy), their means over ``rows`` and per seed."""
+    fields: dict[str, Any] = {}
+    for name, key in (("eval_return", "mode"), ("eval_return_sampled", "sampled")):
+        values = None if eval_returns is None else eval_returns[key][rows]
+        fields[name] = None if values is None else float(np.mean(values))
+        fields[name + "_per_seed"] = (
+            [] if values is None else [float(x) for x in values]
+        )
+    return fields
+
+
 def summarize(
     config: TrainConfig,
     layout: Layout,
     host: Host,
-    eval_returns: np.ndarray | None,
+    eval_returns: dict[str, np.ndarray] | None,
     wall_seconds: float,
     compile_seconds: float,
 ) -> dict[str, Any]:
@@ -113,10 +128,7 @@ def summarize(
         "num_seeds": config.num_seeds,
         "final_return": nanmean_or_none(final_returns),
         "final_return_per_seed": [finite_or_none(x) for x in final_returns],
-        "eval_return": None if eval_returns is None else float(np.mean(eval_returns)),
-        "eval_return_per_seed": []
-        if eval_returns is None
-        else [float(x) for x in eval_returns],
+        **eval_fields(eval_returns, slice(None)),
         "eval_episodes": config.eval_episodes,
         "steps_per_second": float(host.steps.sum() / max(host.train_seconds, 1e-9)),
         "compile_seconds": compile_seconds,
@@ -139,8 +151,7 @@ def summarize(
                 finite_or_none(x) for x in final_returns[rows]
             ]
             if eval_returns is not None:
-                entry["eval_return"] = float(np.mean(eval_returns[rows]))
-                entry["eval_return_per_seed"] = [float(x) for x in eval_returns[rows]]
+                entry.update(eval_fields(eval_returns, rows))
             configs.append(entry)
         ranked = sorted(
             configs,
