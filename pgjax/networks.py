@@ -1,4 +1,11 @@
-"""MLP actor and critic networks (flax.linen), with separate parameter pytrees.
+"""Actor and critic networks (flax.linen), with separate parameter pytrees.
+
+Each network is a torso and a head. The torso is an MLP on the flattened
+observation (``--network mlp``), or for image observations ``[H, W, C]`` a
+small CNN before the MLP (``--network cnn``): one 3×3 convolution with 16
+filters and ReLU, as in MinAtar's reference agents (Young & Tian 2019,
+https://arxiv.org/abs/1903.03176), whose output is flattened into the MLP.
+``--network auto`` picks the CNN for observations with three axes.
 
 The actor's head follows the action space: categorical logits for discrete
 actions, or a Gaussian mean with a learned, state-independent log-std for
@@ -27,6 +34,8 @@ from pgjax.envs import EnvSpec
 
 Array = jax.Array
 
+NETWORKS = ("auto", "mlp", "cnn")
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
     "relu": nn.relu,
@@ -49,11 +58,24 @@ class MLP(nn.Module):
     activation: str = "tanh"
     out_scale: float = 1.0
     dot_general: Callable | None = None
+    conv_features: int = 0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """``x``: ``[B, *obs_shape]``; images ``[B, H, W, C]`` when
+        ``conv_features`` > 0 (a 3×3 convolution with that many filters and ReLU
+        first), anything else is flattened to ``[B, D]``."""
         act = ACTIVATIONS[self.activation]
         dot = self.dot_general or lax.dot_general
+        if self.conv_features:
+            x = nn.Conv(
+                self.conv_features,
+                (3, 3),
+                padding="VALID",
+                kernel_init=nn.initializers.orthogonal(2**0.5),
+            )(x)
+            x = nn.relu(x)
+        x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = nn.Dense(
                 width,
@@ -76,11 +98,17 @@ class GaussianHead(nn.Module):
     activation: str
     init_log_std: float
     dot_general: Callable | None = None
+    conv_features: int = 0
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
         mean = MLP(
-            self.hidden, self.action_dim, self.activation, 0.01, self.dot_general
+            self.hidden,
+            self.action_dim,
+            self.activation,
+            0.01,
+            self.dot_general,
+            self.conv_features,
         )(x)
         log_std = self.param(
             "log_std",
@@ -94,8 +122,7 @@ class GaussianHead(nn.Module):
 class Policy:
     """A policy network: ``init(key) → params`` and ``apply(params, obs) → dist``.
 
-    ``obs`` is ``[..., *obs_shape]`` (flattened internally); the distribution has
-    batch shape ``[...]``.
+    ``obs`` is ``[..., *obs_shape]``; the distribution has batch shape ``[...]``.
     """
 
     module: nn.Module
@@ -103,18 +130,16 @@ class Policy:
     obs_shape: tuple[int, ...]
 
     def init(self, key: Array):
-        obs = jnp.zeros((1, *self.obs_shape), jnp.float32)
-        return self.module.init(key, self._flatten(obs))
-
-    def _flatten(self, obs: Array) -> Array:
-        batch = obs.shape[: obs.ndim - len(self.obs_shape)]
-        return obs.reshape(*batch, -1)
+        return self.module.init(key, jnp.zeros((1, *self.obs_shape), jnp.float32))
 
     def apply(self, params, obs: Array) -> Distribution:
-        out = self.module.apply(params, self._flatten(obs))
+        batch = obs.shape[: obs.ndim - len(self.obs_shape)]
+        out = self.module.apply(params, obs.reshape(-1, *self.obs_shape))
+        unbatch = lambda x: x.reshape(*batch, *x.shape[1:])  # noqa: E731
         if self.discrete:
-            return Categorical(logits=out)
+            return Categorical(logits=unbatch(out))
         mean, log_std = out
+        mean = unbatch(mean)
         return DiagGaussian(mean=mean, log_std=jnp.broadcast_to(log_std, mean.shape))
 
 
@@ -128,13 +153,40 @@ class Critic:
     q_values: bool
 
     def init(self, key: Array):
-        obs = jnp.zeros((1, math.prod(self.obs_shape)), jnp.float32)
-        return self.module.init(key, obs)
+        return self.module.init(key, jnp.zeros((1, *self.obs_shape), jnp.float32))
 
     def apply(self, params, obs: Array) -> Array:
         batch = obs.shape[: obs.ndim - len(self.obs_shape)]
-        out = self.module.apply(params, obs.reshape(*batch, -1))
+        out = self.module.apply(params, obs.reshape(-1, *self.obs_shape))
+        out = out.reshape(*batch, out.shape[-1])
         return out if self.q_values else out[..., 0]
+
+
+#: Filters of the CNN torso's convolution.
+CONV_FEATURES = 16
+
+
+def resolve_network(network: str, obs_shape: tuple[int, ...]) -> str:
+    """``"mlp"`` or ``"cnn"`` for ``network`` (``"auto"``: the CNN for images,
+    observations with three axes ``[H, W, C]``).
+
+    Raises:
+      ValueError: an unknown name, or ``"cnn"`` for observations that are not
+        images.
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose from {NETWORKS}")
+    if network == "auto":
+        return "cnn" if len(obs_shape) == 3 else "mlp"
+    if network == "cnn" and len(obs_shape) != 3:
+        raise ValueError(
+            f"cnn needs image observations [H, W, C]; these have shape {obs_shape}"
+        )
+    return network
+
+
+def _conv_features(network: str, obs_shape: tuple[int, ...]) -> int:
+    return CONV_FEATURES if resolve_network(network, obs_shape) == "cnn" else 0
 
 
 def make_policy(
@@ -143,14 +195,19 @@ def make_policy(
     activation: str = "tanh",
     init_log_std: float = 0.0,
     dot_general: Callable | None = None,
+    network: str = "auto",
 ) -> Policy:
-    """The actor for ``spec``'s action space (``dot_general``: see :class:`MLP`)."""
+    """The actor for ``spec``'s action space (``dot_general``: see :class:`MLP`;
+    ``network``: see :func:`resolve_network`)."""
     hidden = tuple(hidden)
+    conv = _conv_features(network, spec.obs_shape)
     if spec.discrete:
-        module = MLP(hidden, spec.num_actions, activation, 0.01, dot_general)
+        module = MLP(hidden, spec.num_actions, activation, 0.01, dot_general, conv)
     else:
         action_dim = math.prod(spec.action_shape)
-        module = GaussianHead(hidden, action_dim, activation, init_log_std, dot_general)
+        module = GaussianHead(
+            hidden, action_dim, activation, init_log_std, dot_general, conv
+        )
     return Policy(module=module, discrete=spec.discrete, obs_shape=spec.obs_shape)
 
 
@@ -160,11 +217,13 @@ def make_critic(
     activation: str = "tanh",
     q_values: bool = False,
     dot_general: Callable | None = None,
+    network: str = "auto",
 ) -> Critic:
     """A state-value critic, or an action-value critic (discrete actions only);
-    ``dot_general``: see :class:`MLP`."""
+    ``dot_general``: see :class:`MLP`; ``network``: see :func:`resolve_network`."""
     if q_values and not spec.discrete:
         raise ValueError("an action-value (Q) critic needs a discrete action space")
     out_dim = spec.num_actions if q_values else 1
-    module = MLP(tuple(hidden), out_dim, activation, 1.0, dot_general)
+    conv = _conv_features(network, spec.obs_shape)
+    module = MLP(tuple(hidden), out_dim, activation, 1.0, dot_general, conv)
     return Critic(module=module, obs_shape=spec.obs_shape, q_values=q_values)

@@ -24,9 +24,9 @@ from flax import struct
 
 from pgjax import rollout, value_norm
 from pgjax.backend import Backend
-from pgjax.config import Hyperparams, TrainConfig
+from pgjax.config import ConfigError, Hyperparams, TrainConfig
 from pgjax.envs import EnvSpec
-from pgjax.networks import Critic, Policy, make_critic, make_policy
+from pgjax.networks import Critic, Policy, make_critic, make_policy, resolve_network
 from pgjax.rollout import ActFn
 
 Array = jax.Array
@@ -126,8 +126,16 @@ def make_networks(
 ) -> tuple[Policy, Critic]:
     """The actor and critic of ``config``, their Dense layers computed with the
     backend's product (:attr:`pgjax.backend.Backend.dot_general`)."""
+    try:
+        resolve_network(config.network, spec.obs_shape)
+    except ValueError as error:
+        raise ConfigError("--network", str(error)) from None
     policy = make_policy(
-        spec, config.hidden, config.activation, dot_general=backend.dot_general
+        spec,
+        config.hidden,
+        config.activation,
+        dot_general=backend.dot_general,
+        network=config.network,
     )
     critic = make_critic(
         spec,
@@ -135,6 +143,7 @@ def make_networks(
         config.activation,
         q_values=q_critic,
         dot_general=backend.dot_general,
+        network=config.network,
     )
     return policy, critic
 

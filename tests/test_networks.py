@@ -1,0 +1,63 @@
+"""The networks' torsos: the MLP on flattened observations, the CNN on images."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax import envs, networks
+from pgjax.algos import base
+from pgjax.backend import IDENTITY
+from pgjax.config import ConfigError, TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("network", "shape", "resolved"),
+    [
+        ("auto", (4,), "mlp"),
+        ("auto", (10, 10, 4), "cnn"),
+        ("mlp", (10, 10, 4), "mlp"),
+        ("cnn", (10, 10, 4), "cnn"),
+    ],
+)
+def test_resolve_network(network, shape, resolved):
+    assert networks.resolve_network(network, shape) == resolved
+
+
+def test_cnn_on_vector_observations_is_a_config_error_naming_the_flag():
+    spec = envs.make_env("CartPole-v1")
+    with pytest.raises(ConfigError, match="--network: cnn needs image"):
+        base.make_networks(TrainConfig(network="cnn"), spec, IDENTITY)
+
+
+def test_auto_gives_images_a_convolution_and_keeps_batch_axes():
+    spec = envs.make_env("Breakout-MinAtar")
+    assert spec.obs_shape == (10, 10, 4)
+    policy, critic = base.make_networks(TrainConfig(hidden=(32,)), spec, IDENTITY)
+    params = policy.init(jax.random.PRNGKey(0))
+    kernel = params["params"]["Conv_0"]["kernel"]
+    assert kernel.shape == (3, 3, 4, networks.CONV_FEATURES)
+    # A valid 3×3 convolution leaves 8 × 8 × 16 features for the MLP.
+    assert params["params"]["Dense_0"]["kernel"].shape == (8 * 8 * 16, 32)
+    obs = jax.random.uniform(jax.random.PRNGKey(1), (5, 3, 10, 10, 4))
+    dist = policy.apply(params, obs)
+    assert dist.logits.shape == (5, 3, spec.num_actions)
+    # Batch axes are only reshaped: each observation's logits are its own.
+    one = policy.apply(params, obs[2, 1])
+    np.testing.assert_allclose(dist.logits[2, 1], one.logits, rtol=1e-5, atol=1e-6)
+    values = critic.apply(critic.init(jax.random.PRNGKey(2)), obs)
+    assert values.shape == (5, 3)
+
+
+def test_mlp_flattens_images_when_asked():
+    spec = envs.make_env("Breakout-MinAtar")
+    policy, _ = base.make_networks(
+        TrainConfig(network="mlp", hidden=(32,)), spec, IDENTITY
+    )
+    params = policy.init(jax.random.PRNGKey(0))
+    assert "Conv_0" not in params["params"]
+    assert params["params"]["Dense_0"]["kernel"].shape == (400, 32)
+    obs = jnp.zeros((2, 10, 10, 4))
+    assert policy.apply(params, obs).logits.shape == (2, spec.num_actions)
