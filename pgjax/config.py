@@ -71,6 +71,12 @@ class TrainConfig:
     # Networks.
     hidden: tuple[int, ...] = _field((64, 64), "hidden widths of both MLPs, e.g. 64,64")
     activation: str = _field("tanh", "hidden activation: tanh, relu, elu, gelu, silu")
+    network: str = _field(
+        "auto",
+        "torso of both networks: mlp (on the flattened observation), cnn (a 3×3 "
+        "convolution with 16 filters before the MLP, for image observations "
+        "[H, W, C]) or auto (cnn for images, else mlp)",
+    )
 
     # REINFORCE.
     returns: str = _field(
@@ -239,6 +245,7 @@ _CHOICES = {
     "critic": ("v", "q"),
     "natural_step": ("kl", "fixed"),
     "activation": ("tanh", "relu", "elu", "gelu", "silu"),
+    "network": ("auto", "mlp", "cnn"),
 }
 
 
