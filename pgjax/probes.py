@@ -10,6 +10,7 @@ https://andyljones.com/posts/rl-debugging.html):
 ``ProbeConstantReward-v0`` bootstrapping on truncation (time limit ≠ terminal)
 ``ProbeTruncatedState-v0`` bootstrapping from the final obs, not the reset one
 ``ProbeContinuous-v0``     Gaussian policies and action clipping
+``ShortCorridor-v0``       a stochastic optimum (Sutton & Barto, Example 13.1)
 =========================  ===================================================
 
 Importing this module registers them with gymnax (once), so
@@ -29,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
+
+from pgjax import tabular
 
 Array = jax.Array
 
@@ -260,17 +263,24 @@ PROBES: dict[str, type[_Probe]] = {
 }
 
 
+# Small MDPs with exact answers (pgjax.tabular), by id: each factory builds a
+# tabular.TabularEnv.
+TABULAR_ENVS = {"ShortCorridor-v0": tabular.short_corridor_env}
+
+
 def register_probes() -> None:
-    """Registers every probe with gymnax; a second call does nothing."""
-    for env_id, cls in PROBES.items():
+    """Registers every probe and tabular env with gymnax; a second call does
+    nothing."""
+    for env_id, factory in {**PROBES, **TABULAR_ENVS}.items():
         if env_id not in gymnax.registered_envs:
-            gymnax.register(env_id, cls)
+            gymnax.register(env_id, factory)
 
 
 register_probes()
 
 __all__ = [
     "PROBES",
+    "TABULAR_ENVS",
     "ProbeConstantReward",
     "ProbeContinuous",
     "ProbeOneStep",
