@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import sys
 import typing
 from pathlib import Path
@@ -228,7 +229,10 @@ def validate_sweep(config: TrainConfig, sweep: dict[str, list[float]]) -> None:
 
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path("runs") / f"{config.algo}-{config.env}-{stamp}"
+    # One folder name for any id: path.py:MyEnv-v0 → MyEnv-v0, suite/name →
+    # suite-name.
+    env = re.sub(r"[^\w.-]+", "-", config.env.rpartition(":")[2])
+    return Path("runs") / f"{config.algo}-{env}-{stamp}"
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:

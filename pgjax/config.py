@@ -28,7 +28,11 @@ class TrainConfig:
     """Everything that defines a training run."""
 
     algo: str = _field("a2c", "algorithm: a2c, reinforce, npg or trpo")
-    env: str = _field("CartPole-v1", "gymnax environment id")
+    env: str = _field(
+        "CartPole-v1",
+        "environment id: a gymnax id, suite/name (navix/...), or file.py:id or "
+        "module:id, whose module registers id (docs/environments.md)",
+    )
     num_envs: int = _field(4096, "parallel environments stepped with vmap")
     num_steps: int = _field(
         16, "rollout length per update (a2c/npg/trpo; reinforce runs whole episodes)"

@@ -1,8 +1,12 @@
 """Batched gymnax environments with episode statistics and observation normalisation.
 
-:func:`make_env` turns a gymnax id into an :class:`EnvSpec` (static facts: spaces,
-time limit). :func:`reset` and :func:`step` act on a whole batch of ``N``
-environments at once (``vmap`` inside) and keep, on device:
+:func:`make_env` turns an environment id into an :class:`EnvSpec` (static facts:
+spaces, time limit). An id is a gymnax id (``CartPole-v1``), an id given to
+:func:`register` (a user's :class:`pgjax.adapters.EnvAdapter`), ``module:id``
+or ``path/to/file.py:id`` (the module is imported first, and registers ``id``),
+or ``suite/name`` (``navix/Navix-Empty-5x5-v0``; :data:`pgjax.adapters.SUITES`).
+:func:`reset` and :func:`step` act on a whole batch of ``N`` environments at
+once (``vmap`` inside) and keep, on device:
 
 * the running return and length of each env's current episode, and the return
   and length of the episode that ended at each step;
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -28,7 +33,10 @@ from flax import struct
 from gymnax.environments import environment as gymnax_environment
 from gymnax.environments import spaces
 
-from pgjax import probes  # noqa: F401  (registers the probe environments)
+from pgjax import (
+    adapters,
+    probes,  # noqa: F401  (registers the probe environments)
+)
 
 Array = jax.Array
 
@@ -61,22 +69,84 @@ class EnvSpec:
     max_episode_steps: int
 
 
+_REGISTRY: dict[str, Callable[[], adapters.EnvAdapter]] = {}
+
+
+def register(env_id: str, factory: Callable[[], adapters.EnvAdapter]) -> None:
+    """Registers a user environment: ``make_env(env_id)`` then builds it.
+
+    Registering an id again replaces its factory (re-importing a module, or
+    re-running a notebook cell, re-registers its environments).
+
+    Args:
+      env_id: the id for ``make_env`` and ``--env``, e.g. ``"MyEnv-v0"``; not a
+        gymnax id, without ``:`` and not ``suite/...`` of a known suite.
+      factory: ``() -> EnvAdapter``, called by each :func:`make_env`.
+
+    Raises:
+      ValueError: for an id that is taken or malformed.
+      TypeError: for a factory that is not callable.
+    """
+    if not isinstance(env_id, str) or not env_id or ":" in env_id:
+        raise ValueError(f"environment ids are non-empty, without ':'; got {env_id!r}")
+    if env_id in gymnax.registered_envs:
+        raise ValueError(f"{env_id!r} is a gymnax environment; choose another id")
+    if env_id.partition("/")[0] in adapters.SUITES:
+        raise ValueError(f"{env_id!r}: ids starting with a suite's name are taken")
+    if not callable(factory):
+        raise TypeError(f"the factory of {env_id!r} must be callable, got {factory!r}")
+    _REGISTRY[env_id] = factory
+
+
 def env_ids() -> list[str]:
-    """All environment ids gymnax can make."""
-    return list(gymnax.registered_envs)
+    """All environment ids gymnax can make, then those given to :func:`register`."""
+    return [*gymnax.registered_envs, *_REGISTRY]
+
+
+def _adapter(env_id: str) -> tuple[str, adapters.EnvAdapter | None]:
+    """``(name, adapter)`` of a registered, ``module:id`` or ``suite/name`` id;
+    the adapter is None for any other id."""
+    name = env_id
+    if ":" in env_id:
+        module, _, name = env_id.rpartition(":")
+        adapters.import_env_module(module)
+        if name not in _REGISTRY:
+            close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise adapters.AdapterError(
+                f"{module} registered no environment {name!r}{hint}"
+            )
+    if name in _REGISTRY:
+        return name, _REGISTRY[name]()
+    return name, adapters.suite_adapter(env_id)
 
 
 def make_env(env_id: str) -> EnvSpec:
-    """Makes a gymnax environment by id.
+    """Makes an environment by id (see the module docstring for the forms).
+
+    A user's or a suite's adapter is checked first (:func:`pgjax.adapters.check`
+    traces one reset and one step) and wrapped in a gymnax environment.
 
     Raises:
-      ValueError: for an unknown id; the message lists the closest valid ids.
+      ValueError: for an unknown id (the message lists the closest valid
+        ids), a module that cannot be imported, a suite that is not installed,
+        or an adapter whose outputs disagree with its spaces.
     """
+    name, adapter = _adapter(env_id)
+    if adapter is not None:
+        adapters.check(name, adapter)
+        env = adapters.AdapterEnvironment(name, adapter)
+        return _spec(env_id, env, adapter.default_params, adapter.max_episode_steps)
     if env_id not in gymnax.registered_envs:
         close = difflib.get_close_matches(env_id, env_ids(), n=3, cutoff=0.3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown environment {env_id!r}{hint}")
     env, params = gymnax.make(env_id)
+    return _spec(env_id, env, params, int(params.max_steps_in_episode))
+
+
+def _spec(env_id: str, env: Any, params: Any, max_episode_steps: int) -> EnvSpec:
+    """The :class:`EnvSpec` of a gymnax(-like) environment object."""
     obs_shape = tuple(env.observation_space(params).shape)
     action_space = env.action_space(params)
     if isinstance(action_space, spaces.Discrete):
@@ -103,7 +173,7 @@ def make_env(env_id: str) -> EnvSpec:
         action_shape=action_shape,
         action_low=low,
         action_high=high,
-        max_episode_steps=int(params.max_steps_in_episode),
+        max_episode_steps=max_episode_steps,
     )
 
 
