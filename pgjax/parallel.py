@@ -26,7 +26,8 @@ over global env indices (:func:`strided_envs`, :func:`pgjax.algos.critic`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -65,7 +66,33 @@ def max_over_seeds(count: jax.Array) -> jax.Array:
     return _over_seeds(jax.lax.pmax, count)
 
 
+#: True while tracing programs whose seeds run apart (:func:`seeds_apart`).
+_SEEDS_APART = False
+
+
+@contextlib.contextmanager
+def seeds_apart() -> Iterator[None]:
+    """Traces within run each seed's program on its own: :func:`all_seeds` and
+    :func:`max_over_seeds` return their input although :data:`SEEDS` names an
+    axis.
+
+    For one seed per device (a ``shard_map`` over the mesh's :data:`SEEDS`
+    axis), where the axis name is bound but each device runs an unbatched
+    program: a reduction over it would be a collective between the devices,
+    and a seed that has finished (its update slots idle) never joins it, so
+    the other seeds would wait for it forever.
+    """
+    global _SEEDS_APART
+    outer, _SEEDS_APART = _SEEDS_APART, True
+    try:
+        yield
+    finally:
+        _SEEDS_APART = outer
+
+
 def _over_seeds(collective: Callable, x: jax.Array) -> jax.Array:
+    if _SEEDS_APART:
+        return x
     try:
         jax.lax.axis_size(SEEDS)
     except NameError:  # not under a vmap over seeds

@@ -239,7 +239,9 @@ class Trainer:
         single seed does: under ``vmap`` a batch of one seed per device would
         turn the idle slots' branch into a select of both sides and every
         product into a batched one, which ran far slower. The seeds' programs
-        never communicate (REINFORCE's episode loop ends for each on its own).
+        never communicate (:func:`pgjax.parallel.seeds_apart`): REINFORCE's
+        episode loop ends for each on its own, and a seed that has finished
+        idles while the others train on.
         """
 
         def per_device(rows: TrainState):
@@ -248,13 +250,14 @@ class Trainer:
             return jax.tree.map(lambda x: x[None], (single, metrics))
 
         seeds = PartitionSpec(SEEDS)
-        return jax.shard_map(
-            per_device,
-            mesh=self.backend.mesh,
-            in_specs=seeds,
-            out_specs=seeds,
-            check_vma=False,
-        )(state)
+        with parallel.seeds_apart():
+            return jax.shard_map(
+                per_device,
+                mesh=self.backend.mesh,
+                in_specs=seeds,
+                out_specs=seeds,
+                check_vma=False,
+            )(state)
 
     def train(self, key: Array, hyper: Hyperparams | None = None) -> TrainState:
         """Trains one seed to ``total_timesteps`` in one compiled loop.

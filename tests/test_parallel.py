@@ -288,3 +288,33 @@ def test_epoch_shuffles_are_stratified_over_fixed_groups_of_envs():
         lambda v: critic.shuffled(parallel.split_envs(v, ENV_SPLIT, 1), orders[1])
     )(x)
     np.testing.assert_array_equal(split, out)
+
+
+def test_one_seed_per_device_runs_on_when_another_seed_is_done():
+    """REINFORCE's seeds end at different updates (episodes vary in length).
+    With one seed per device, the seed that is done idles while the other's
+    episode loop runs on: no reduction over the seeds may wait for it (without
+    :func:`pgjax.parallel.seeds_apart` XLA aborts after a minute's wait)."""
+    backend = Backend(mesh=make_mesh(jax.devices(), rows=2, num_envs=4))
+    config = TrainConfig(
+        algo="reinforce",
+        num_envs=4,
+        total_timesteps=150,
+        updates_per_chunk=12,
+        hidden=(8,),
+    )
+    trainer = make_train(config, backend)
+    state = jax.jit(trainer.init_batch)(jax.vmap(jax.random.PRNGKey)(jnp.arange(2)))
+    state, metrics = jax.jit(trainer.train_chunk_batch)(state)
+    updates = np.asarray(metrics["active"]).sum(axis=1)
+    assert updates[0] != updates[1]  # the case this test is for
+    np.testing.assert_array_equal(np.asarray(state.update), updates)
+    assert np.all(np.asarray(state.experience) >= config.total_timesteps)
+    # Each seed's program is the one it runs alone.
+    alone, _ = jax.jit(make_train(config).train_chunk_batch)(
+        jax.tree.map(
+            lambda x: x[1:],
+            jax.jit(trainer.init_batch)(jax.vmap(jax.random.PRNGKey)(jnp.arange(2))),
+        )
+    )
+    np.testing.assert_array_equal(np.asarray(alone.update), updates[1:])
