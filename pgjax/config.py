@@ -27,7 +27,7 @@ def _field(default: Any, help: str, **kwargs) -> Any:
 class TrainConfig:
     """Everything that defines a training run."""
 
-    algo: str = _field("a2c", "algorithm: a2c, reinforce, npg or trpo")
+    algo: str = _field("a2c", "algorithm: a2c, ac-lambda, reinforce, npg, trpo or nac")
     env: str = _field(
         "CartPole-v1",
         "environment id: a gymnax id, suite/name (navix/...), or file.py:id or "
@@ -35,7 +35,9 @@ class TrainConfig:
     )
     num_envs: int = _field(4096, "parallel environments stepped with vmap")
     num_steps: int = _field(
-        16, "rollout length per update (a2c/npg/trpo; reinforce runs whole episodes)"
+        16,
+        "rollout length per update (a2c/npg/trpo; ac-lambda takes 1; reinforce runs "
+        "whole episodes)",
     )
     total_timesteps: int = _field(
         1_000_000, "environment steps of experience to train for, per seed"
@@ -88,11 +90,33 @@ class TrainConfig:
         "reinforce weights: total (whole-episode return) or reward-to-go",
     )
     baseline: str = _field(
-        "value", "reinforce baseline: none, mean (batch mean) or value (learned V)"
+        "value",
+        "reinforce baseline: none, mean (mean return of the batch's other "
+        "episodes) or value (learned V)",
+    )
+    pg_normalizer: str = _field(
+        "episodes",
+        "reinforce: what the batch's sum Σ_episodes Σ_t ∇log π·Ĝ_t is divided by: "
+        "episodes (the number of episodes, a constant: Williams' unbiased "
+        "estimate of ∇J) or steps (the number of valid steps, a random count "
+        "that correlates with the gradient: a ratio estimator biased by O(1/N) "
+        "for N episodes, kept for comparison)",
+    )
+    discounted_gradient: bool = _field(
+        False,
+        "reinforce: weight step t of each episode by γ^t, which makes the "
+        "reward-to-go estimator the exact gradient of the discounted objective "
+        "E[Σ_t γ^t r_t] (--returns total already is). Without it (the usual "
+        "form) the estimator is not the gradient of any objective in general "
+        "when γ < 1 (Nota & Thomas 2020)",
     )
 
     # A2C.
-    critic: str = _field("v", "a2c critic: v (state value, GAE) or q (action value)")
+    critic: str = _field(
+        "v",
+        "a2c critic: v (state value, GAE), q (action value) or linear-q (Q linear "
+        "in one_hot(a) ⊗ [obs, 1], learned by TD(0); the actor weighted by Q)",
+    )
 
     # Natural gradient / TRPO.
     max_kl: float = _field(0.01, "trust region: KL(old‖new) allowed per update")
@@ -111,13 +135,13 @@ class TrainConfig:
     critic_epochs: int = _field(
         0,
         "critic regression epochs (passes over the batch) per update "
-        "(a2c, npg, trpo; 0 = the algorithm's default: a2c 1, npg/trpo 2)",
+        "(a2c, npg, trpo, nac; 0 = the algorithm's default: a2c 1, npg/trpo/nac 2)",
     )
     critic_minibatches: int = _field(
         0,
         "minibatches (groups of shuffled envs) per critic epoch, one Adam step "
         "each; must divide num_envs (0 = the algorithm's default: a2c 1, "
-        "npg/trpo 4). a2c with 1 epoch of 1 minibatch takes its one critic "
+        "npg/trpo/nac 4). a2c with 1 epoch of 1 minibatch takes its one critic "
         "step in the actor's pass; anything more fits the critic after the "
         "actor's step",
     )
@@ -166,7 +190,7 @@ class TrainConfig:
 
 
 #: ``(critic_epochs, critic_minibatches)`` each algorithm uses when they are 0.
-CRITIC_FIT_DEFAULTS = {"a2c": (1, 1), "npg": (2, 4), "trpo": (2, 4)}
+CRITIC_FIT_DEFAULTS = {"a2c": (1, 1), "npg": (2, 4), "trpo": (2, 4), "nac": (2, 4)}
 
 
 def critic_fit(config: TrainConfig) -> tuple[int, int]:
@@ -246,8 +270,9 @@ def flag_name(field_name: str) -> str:
 _CHOICES = {
     "returns": ("total", "reward-to-go"),
     "baseline": ("none", "mean", "value"),
-    "critic": ("v", "q"),
+    "critic": ("v", "q", "linear-q"),
     "natural_step": ("kl", "fixed"),
+    "pg_normalizer": ("episodes", "steps"),
     "activation": ("tanh", "relu", "elu", "gelu", "silu"),
     "network": ("auto", "mlp", "cnn"),
 }
@@ -316,7 +341,11 @@ def validate(config: TrainConfig) -> None:
             ),
         )
     need(
-        not (config.value_norm and config.algo == "a2c" and config.critic == "q"),
+        not (
+            config.value_norm
+            and config.algo == "a2c"
+            and config.critic in ("q", "linear-q")
+        ),
         "value_norm",
         "used with --critic v (the Q critic has no value normalisation)",
     )
@@ -324,6 +353,17 @@ def validate(config: TrainConfig) -> None:
         not (config.value_norm and config.algo == "reinforce"),
         "value_norm",
         "used with a2c, npg or trpo (reinforce's baseline has none)",
+    )
+    # AC(λ) is online: one env step, then one update with the new parameters.
+    need(
+        config.algo != "ac-lambda" or config.num_steps == 1,
+        "num_steps",
+        "1 for ac-lambda (one update per environment step)",
+    )
+    need(
+        not (config.value_norm and config.algo == "ac-lambda"),
+        "value_norm",
+        "off for ac-lambda (its critic steps by the traced TD error, unscaled)",
     )
     for name in SWEEPABLE:
         need(finite(getattr(config, name)), name, "a finite number")
@@ -340,6 +380,16 @@ def validate(config: TrainConfig) -> None:
     need(config.cg_damping >= 0, "cg_damping", ">= 0")
     need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
     need(config.natural_lr > 0, "natural_lr", "> 0")
+    need(
+        not (config.natural_step == "fixed" and config.algo == "trpo"),
+        "natural_step",
+        "kl with trpo (its line search needs the KL-scaled step)",
+    )
+    need(
+        not config.discounted_gradient or config.algo == "reinforce",
+        "discounted_gradient",
+        "used with reinforce (the other algorithms' advantages have no γ^t)",
+    )
     need(
         len(config.hidden) > 0 and all(w > 0 for w in config.hidden),
         "hidden",

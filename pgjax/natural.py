@@ -13,6 +13,8 @@ between the frozen old policy and the current one, so it is never formed:
    KL, ``½·sᵀFs``, equals the trust-region radius ``δ``: the step that maximises the
    linearised objective ``gᵀs`` subject to ``½·sᵀFs ≤ δ`` is
    ``s = √(2δ / xᵀFx)·x`` with ``x = F⁻¹g`` (Schulman et al. 2015, appendix C).
+   :func:`fixed_natural_step` is the textbook step instead, ``s = η·x`` with a
+   fixed step size ``η`` and no KL scaling (Kakade 2001; Agarwal et al. 2021).
 4. :func:`backtracking_line_search` (TRPO) shrinks the step geometrically until the
    surrogate objective really improves and the real KL is at most ``δ``; if no
    fraction passes, the parameters come back bit-identical.
@@ -25,6 +27,15 @@ step's scaling alone run on the vector of all leaves end to end
 come back in each leaf's own): each vector operation is then one fused XLA op
 rather than one per leaf, which makes NPG's training chunk about 10 % quicker
 to compile at the same speed.
+**The Fisher must weight states as the gradient does.** ``F⁻¹g`` is the natural
+gradient only when ``F`` averages over the same states, with the same weights, as
+the gradient ``g`` does: for a batch estimate of ``g``, the states of that batch
+(or an unbiased subsample of them). ``F`` over other states (uniform over the
+state space, or the start states only) preconditions by another metric and gives
+another step; with a tabular softmax policy, for instance, ``F⁻¹∇J`` is the
+advantage ``A/(1−γ)`` (centred per state) only when ``F`` uses the discounted
+state visitation that ``∇J`` averages over (Kakade 2001; Agarwal et al. 2021).
+
 All functions are pure, jittable and vmappable; iteration counts are static Python
 ints, while ``max_kl``, ``damping`` and the tolerances may be traced, so a sweep
 over them is a ``vmap``. Loops have a fixed maximum length and stop early through
@@ -33,6 +44,8 @@ freezes the finished ones.
 
 References:
   Kakade 2001, *A Natural Policy Gradient*, NeurIPS 14.
+  Agarwal et al. 2021, *On the Theory of Policy Gradient Methods*, JMLR 22,
+  https://arxiv.org/abs/1908.00261.
   Schulman et al. 2015, *Trust Region Policy Optimization*,
   https://arxiv.org/abs/1502.05477.
   Nocedal & Wright 2006, *Numerical Optimization*, 2nd ed., algorithm 5.2 (CG).
@@ -59,6 +72,7 @@ __all__ = [
     "backtracking_line_search",
     "conjugate_gradient",
     "fisher_vector_product",
+    "fixed_natural_step",
     "gauss_newton_fisher_vector_product",
     "natural_gradient_step",
 ]
@@ -119,8 +133,9 @@ class CGResult:
         the recursively updated residual ``r_k`` (equal to ``b − A·x_k`` in exact
         arithmetic; no extra product with ``A`` is spent on it).
       iterations: int32 scalar, the number of CG updates applied to ``x`` (at most
-        ``iters``; fewer when the residual fell below the tolerance or an update
-        broke down: ``pᵀAp ≤ 0`` or a non-finite value).
+        ``iters``; fewer when the residual fell below the tolerance, an update
+        broke down: ``pᵀAp ≤ 0`` or a non-finite value, or, with
+        ``stop_when_stalled``, the residual stopped falling).
     """
 
     x: PyTree
@@ -133,6 +148,9 @@ def conjugate_gradient(
     b: PyTree,
     iters: int = 10,
     tol: float | Array = 1e-10,
+    stop_when_stalled: bool = False,
+    min_decrease: float | Array = 0.0,
+    stall_patience: int = 1,
 ) -> CGResult:
     """Solves ``A·x = b`` for a symmetric positive-definite operator on pytrees.
 
@@ -155,6 +173,19 @@ def conjugate_gradient(
     In exact arithmetic CG on an ``n``-dimensional SPD system converges in at most
     ``n`` steps; with ``k`` distinct eigenvalues, in ``k``.
 
+    With ``stop_when_stalled`` it also stops when the residual stops falling:
+    after ``stall_patience`` updates in a row that do not lower ``‖r‖`` below
+    ``(1 − min_decrease)`` times the lowest residual so far. It then returns the
+    iterate with the lowest residual (with ``stall_patience = 1``, the one
+    before the update that did not lower it). On a singular or ill-conditioned
+    operator (a sampled Fisher matrix with little damping) and a right side
+    with a component outside its well-measured range, CG's residual stops
+    falling and grows while ``x`` drifts along poorly measured directions,
+    without bound in finite precision; this stops it there. The residual of CG
+    is not monotone even in exact arithmetic (CG minimises the ``A``-norm of
+    the error), so a patience above 1 keeps an early bump from ending a solve
+    that would still converge.
+
     Args:
       matvec: the linear map ``v ↦ A·v``, taking and returning pytrees of the
         structure, shapes and dtypes of ``b``. It is called once per iteration.
@@ -162,6 +193,11 @@ def conjugate_gradient(
       iters: static maximum number of iterations (Python int ≥ 0).
       tol: stop when the squared residual norm ``‖r‖²`` falls below this
         (absolute; may be traced).
+      stop_when_stalled: static; also stop when the residual stops falling.
+      min_decrease: the relative decrease of ``‖r‖`` below the lowest so far
+        that counts as progress (0: any decrease; may be traced).
+      stall_patience: static number of updates in a row without progress
+        after which CG stops (≥ 1).
 
     Returns:
       A :class:`CGResult`. Jittable and vmappable (a batch of right-hand sides, or
@@ -169,7 +205,15 @@ def conjugate_gradient(
       frozen).
     """
     flat_matvec, flat_b, unravel = _flattened(matvec, jax.tree.map(jnp.asarray, b))
-    result, _ = _flat_conjugate_gradient(flat_matvec, flat_b, iters, tol)
+    result, _ = _flat_conjugate_gradient(
+        flat_matvec,
+        flat_b,
+        iters,
+        tol,
+        stop_when_stalled=stop_when_stalled,
+        min_decrease=min_decrease,
+        stall_patience=stall_patience,
+    )
     return result.replace(x=unravel(result.x))
 
 
@@ -179,6 +223,9 @@ def _flat_conjugate_gradient(
     iters: int,
     tol: float | Array,
     with_curvature: bool = False,
+    stop_when_stalled: bool = False,
+    min_decrease: float | Array = 0.0,
+    stall_patience: int = 1,
 ) -> tuple[CGResult, Array | None]:
     """:func:`conjugate_gradient` of a system already on one vector
     (:func:`_flattened`); ``x`` comes back flat.
@@ -193,19 +240,27 @@ def _flat_conjugate_gradient(
     """
     if not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be a non-negative int, got {iters!r}")
+    if not isinstance(stall_patience, int) or stall_patience < 1:
+        raise ValueError(f"stall_patience must be an int >= 1, got {stall_patience!r}")
     x0 = otu.tree_zeros_like(b)
     rs0 = _vdot(b, b)
     tol = jnp.asarray(tol, dtype=rs0.dtype)
+    # Progress: ‖r‖ below (1 − m)·‖r_best‖, compared in squares.
+    stall_factor = None
+    if stop_when_stalled:
+        stall_factor = jnp.square(1.0 - jnp.asarray(min_decrease, dtype=rs0.dtype))
 
-    # Carry: (x, r, p, ‖r‖², done, n_updates, xᵀAx, measured). `done`: CG
-    # has stopped (tolerance, breakdown or `iters` updates); `measured`: the
-    # trip after that has applied A to x.
+    # Carry: (x, r, p, ‖r‖², done, n_updates, xᵀAx, measured, best). `done`:
+    # CG has stopped (tolerance, breakdown, stall or `iters` updates);
+    # `measured`: the trip after that has applied A to x; `best`: with
+    # stop_when_stalled, (x, ‖r‖², n) of the lowest residual so far and the
+    # updates since it, else ().
     def cond(state):
-        *_, done, _, _, measured = state
+        measured, done = state[7], state[4]
         return jnp.logical_not(measured if with_curvature else done)
 
     def body(state):
-        x, r, p, rs, done, n, _, _ = state
+        x, r, p, rs, done, n, _, _, best = state
         av = matvec(jnp.where(done, x, p))
         # The trip after CG stopped: av = A·x, measured once.
         curvature = _vdot(x, av)
@@ -225,8 +280,15 @@ def _flat_conjugate_gradient(
         rs = jnp.where(keep, rs_new, rs)
         n = n + keep.astype(jnp.int32)
         stop = jnp.logical_not(ok) | (rs < tol) | (n >= iters)
-        return x, r, p, rs, done | stop, n, curvature, done
+        if stop_when_stalled:  # static: without it the program is unchanged
+            best, stop, x, rs, n = _track_best(
+                best, keep, stop, done, x, rs, n, stall_factor, stall_patience
+            )
+        return x, r, p, rs, done | stop, n, curvature, done, best
 
+    best = ()
+    if stop_when_stalled:
+        best = (x0, rs0, jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
     init = (
         x0,
         b,
@@ -236,10 +298,37 @@ def _flat_conjugate_gradient(
         jnp.asarray(0, jnp.int32),
         jnp.zeros((), rs0.dtype),
         jnp.asarray(False),
+        best,
     )
-    x, _, _, rs, _, n, curvature, _ = jax.lax.while_loop(cond, body, init)
+    x, _, _, rs, _, n, curvature, _, _ = jax.lax.while_loop(cond, body, init)
     result = CGResult(x=x, residual_norm=jnp.sqrt(rs), iterations=n)
     return result, (curvature if with_curvature else None)
+
+
+def _track_best(best, keep, stop, done, x, rs, n, stall_factor, patience: int):
+    """One CG iteration's bookkeeping for ``stop_when_stalled``.
+
+    ``best = (x_b, ‖r_b‖², n_b, since)``: the iterate with the lowest residual
+    so far and the updates applied since it. An update is progress when its
+    ``‖r‖² < stall_factor·‖r_b‖²``; after ``patience`` updates without, CG
+    stops. Whenever CG stops it hands back the best iterate (``x``, ``‖r‖²``
+    and ``n`` replaced), so the curvature trip measures that one.
+
+    Returns:
+      ``(best, stop, x, rs, n)`` updated.
+    """
+    best_x, best_rs, best_n, since = best
+    improved = keep & (rs < stall_factor * best_rs)
+    best_x = jnp.where(improved, x, best_x)
+    best_rs = jnp.where(improved, rs, best_rs)
+    best_n = jnp.where(improved, n, best_n)
+    since = jnp.where(improved, 0, since + keep.astype(jnp.int32))
+    stop = stop | (since >= patience)
+    finish = stop & jnp.logical_not(done)
+    x = jnp.where(finish, best_x, x)
+    rs = jnp.where(finish, best_rs, rs)
+    n = jnp.where(finish, best_n, n)
+    return (best_x, best_rs, best_n, since), stop, x, rs, n
 
 
 # ---------------------------------------------------------------------------
@@ -259,7 +348,11 @@ def fisher_vector_product(
     constants) and the policy at ``θ``. ``K`` has its minimum ``0`` at ``θ_old``,
     so its Hessian there is the Fisher information
     ``F = E_s E_{a∼π_old}[∇log π ∇log πᵀ]`` of the policy (Kakade 2001;
-    Schulman et al. 2015, appendix C.1), positive semi-definite.
+    Schulman et al. 2015, appendix C.1), positive semi-definite. ``E_s`` is the
+    mean over the states ``kl_fn`` averages over: for ``F⁻¹g`` to be the natural
+    gradient they must be the states the gradient ``g`` averages over, with the
+    same weights (the batch's states, or an unbiased subsample of them; see the
+    module docstring).
 
     ``F·v`` is a Hessian-vector product computed forward-over-reverse,
     ``jax.jvp(jax.grad(kl_fn), (params,), (v,))[1]``, at the cost of a few
@@ -300,18 +393,21 @@ def fisher_vector_product(
 
 @struct.dataclass
 class NaturalStepInfo:
-    """Diagnostics of :func:`natural_gradient_step` (all scalars).
+    """Diagnostics of :func:`natural_gradient_step` and :func:`fixed_natural_step`
+    (all scalars).
 
     Attributes:
       xfx: curvature ``xᵀFx`` of the CG solution ``x`` under the operator passed
-        in (damping included), ≈ ``gᵀF⁻¹g``.
+        in (damping included), ≈ ``gᵀF⁻¹g`` (:func:`fixed_natural_step`: ``gᵀx``,
+        the same in exact arithmetic).
       cg_residual: ``‖g − F·x‖`` as reported by :func:`conjugate_gradient`.
       cg_iterations: int32 number of CG updates.
       step_norm: Euclidean norm ``‖s‖`` over all leaves (0 when not ``valid``).
       expected_improvement: ``gᵀs``, the first-order predicted increase of the
         objective (0 when not ``valid``).
       valid: ``False`` when ``x`` or ``xᵀFx`` was non-finite, ``xᵀFx ≤ 0``, or the
-        scale ``√(2δ/xᵀFx)`` non-finite; the step is then all zeros.
+        scale ``√(2δ/xᵀFx)`` non-finite (:func:`fixed_natural_step`: when ``x``,
+        ``gᵀx`` or ``η`` was non-finite); the step is then all zeros.
     """
 
     xfx: Array
@@ -338,7 +434,9 @@ def gauss_newton_fisher_vector_product(
       ∇²K(θ) = Jᵀ·∇²D·J + Σ_i ∂D/∂f_i · ∇²f_i,   J = ∂f/∂θ,
 
     and at ``θ_old`` the second term vanishes because ``D`` has its minimum there
-    (``∂D/∂f = 0``), so ``JᵀHJ`` with ``H = ∇²D(f(θ_old))`` *is* the Fisher matrix:
+    (``∂D/∂f = 0``), so ``JᵀHJ`` with ``H = ∇²D(f(θ_old))`` *is* the Fisher matrix
+    (over the states of ``outputs_fn``, which must be weighted as the gradient's
+    states are, as for :func:`fisher_vector_product`):
     the same product as :func:`fisher_vector_product`, up to rounding. It is
     cheaper: one Jacobian-vector product through the network (``J·v``), a
     Hessian-vector product of ``D`` on the outputs only (elementwise per state), and
@@ -374,6 +472,9 @@ def natural_gradient_step(
     max_kl: float | Array,
     iters: int = 10,
     tol: float | Array = 1e-10,
+    stop_when_stalled: bool = False,
+    min_decrease: float | Array = 0.0,
+    stall_patience: int = 1,
 ) -> tuple[PyTree, NaturalStepInfo]:
     """The natural gradient step that fills the KL trust region, ``√(2δ/xᵀFx)·x``.
 
@@ -385,6 +486,11 @@ def natural_gradient_step(
     CG's loop), so ``½·sᵀFs = δ`` holds exactly for the operator given, even
     when CG stopped early.
 
+    ``x`` is the natural gradient only when ``fvp``'s Fisher matrix averages over
+    the states ``grads`` was estimated on, weighted alike (e.g. the batch's
+    states, or a subsample of its envs): a Fisher over other states, such as
+    uniform or start states only, preconditions by another metric.
+
     The step *ascends* the objective whose gradient is ``grads``: pass ``∇J``
     (or ``−∇loss``). Add it to the parameters directly, or hand it to
     :func:`backtracking_line_search`.
@@ -395,6 +501,10 @@ def natural_gradient_step(
       max_kl: trust-region radius ``δ > 0`` (may be traced).
       iters: static maximum number of CG iterations.
       tol: CG tolerance on ``‖r‖²``.
+      stop_when_stalled: static; CG also stops when its residual stops
+        falling (:func:`conjugate_gradient`).
+      min_decrease, stall_patience: when CG has stalled
+        (:func:`conjugate_gradient`).
 
     Returns:
       ``(step, info)``: ``step`` shaped like ``grads`` — all zeros (never NaN)
@@ -403,7 +513,16 @@ def natural_gradient_step(
       :class:`NaturalStepInfo`.
     """
     fvp, grads, unravel = _flattened(fvp, jax.tree.map(jnp.asarray, grads))
-    cg, xfx = _flat_conjugate_gradient(fvp, grads, iters, tol, with_curvature=True)
+    cg, xfx = _flat_conjugate_gradient(
+        fvp,
+        grads,
+        iters,
+        tol,
+        with_curvature=True,
+        stop_when_stalled=stop_when_stalled,
+        min_decrease=min_decrease,
+        stall_patience=stall_patience,
+    )
     x = cg.x
     max_kl = jnp.asarray(max_kl, dtype=xfx.dtype)
     curvature_ok = jnp.logical_and(jnp.isfinite(xfx), xfx > 0)
@@ -421,6 +540,74 @@ def natural_gradient_step(
         cg_iterations=cg.iterations,
         step_norm=jnp.sqrt(_vdot(step, step)),
         expected_improvement=expected_improvement,
+        valid=valid,
+    )
+    return unravel(step), info
+
+
+def fixed_natural_step(
+    grads: PyTree,
+    fvp: Callable[[PyTree], PyTree],
+    step_size: float | Array,
+    iters: int = 10,
+    tol: float | Array = 1e-10,
+    stop_when_stalled: bool = True,
+    min_decrease: float | Array = 0.0,
+    stall_patience: int = 1,
+) -> tuple[PyTree, NaturalStepInfo]:
+    """The textbook natural gradient step ``s = η·x``, ``(F + λI)·x = g``.
+
+    ``θ ← θ + η·F⁻¹∇J`` with a fixed step size ``η`` (Kakade 2001; Agarwal et
+    al. 2021, section 5): no scaling to a KL radius, so the step's KL grows
+    with ``η²·gᵀF⁻¹g``. ``x`` comes from :func:`conjugate_gradient` on ``fvp``,
+    which by default stops when its residual stops falling: without the KL
+    scaling, an ``x`` that drifted along poorly measured directions would be
+    applied at its full size. As for :func:`natural_gradient_step`, ``fvp``'s
+    Fisher must average over the states ``grads`` was estimated on.
+
+    No product beyond CG's own is spent: the curvature reported is ``gᵀx``,
+    which equals ``xᵀ(F + λI)x`` for every CG iterate in exact arithmetic
+    (the residual ``r_k = g − (F + λI)x_k`` is orthogonal to the Krylov space
+    that holds ``x_k``).
+
+    Args:
+      grads: ``g``, a pytree shaped like the parameters (the ascent direction).
+      fvp: ``v ↦ (F + λI)·v``, e.g. from :func:`fisher_vector_product`.
+      step_size: ``η`` (may be traced).
+      iters: static maximum number of CG iterations.
+      tol: CG tolerance on ``‖r‖²``.
+      stop_when_stalled: static; CG also stops when its residual stops falling.
+      min_decrease, stall_patience: when CG has stalled
+        (:func:`conjugate_gradient`).
+
+    Returns:
+      ``(step, info)``: ``step = η·x`` shaped like ``grads``, all zeros (never
+      NaN) when ``x``, ``gᵀx`` or ``η`` is not finite (``valid`` False); and a
+      :class:`NaturalStepInfo` whose ``xfx`` is ``gᵀx`` and whose
+      ``expected_improvement`` is ``gᵀs = η·gᵀx``.
+    """
+    fvp, grads, unravel = _flattened(fvp, jax.tree.map(jnp.asarray, grads))
+    cg, _ = _flat_conjugate_gradient(
+        fvp,
+        grads,
+        iters,
+        tol,
+        stop_when_stalled=stop_when_stalled,
+        min_decrease=min_decrease,
+        stall_patience=stall_patience,
+    )
+    x = cg.x
+    xfx = _vdot(grads, x)
+    step_size = jnp.asarray(step_size, dtype=xfx.dtype)
+    valid = jnp.isfinite(xfx) & jnp.isfinite(step_size) & _all_finite(x)
+    # `where` rather than 0·x, so a NaN cannot leak into the step.
+    step = jnp.where(valid, (step_size * x).astype(x.dtype), 0)
+    info = NaturalStepInfo(
+        xfx=xfx,
+        cg_residual=cg.residual_norm,
+        cg_iterations=cg.iterations,
+        step_norm=jnp.sqrt(_vdot(step, step)),
+        expected_improvement=jnp.where(valid, _vdot(grads, step), 0.0),
         valid=valid,
     )
     return unravel(step), info

@@ -10,6 +10,8 @@ https://andyljones.com/posts/rl-debugging.html):
 ``ProbeConstantReward-v0`` bootstrapping on truncation (time limit ≠ terminal)
 ``ProbeTruncatedState-v0`` bootstrapping from the final obs, not the reset one
 ``ProbeContinuous-v0``     Gaussian policies and action clipping
+``ProbeEqualReturn-v0``    a policy-gradient estimate that is unbiased when
+                           episode lengths depend on the actions (∇J = 0)
 ``ShortCorridor-v0``       a stochastic optimum (Sutton & Barto, Example 13.1)
 =========================  ===================================================
 
@@ -251,6 +253,39 @@ class ProbeContinuous(_Probe):
         return spaces.Box(-1.0, 1.0, (1,), jnp.float32)
 
 
+class ProbeEqualReturn(_Probe):
+    """Every policy's return is 2, but the episode's length depends on the action.
+
+    At step 0, action 0 pays 2 and terminates the episode; action 1 pays 1 and
+    leads to a second step, which pays 1 whatever the action and terminates.
+    Observations (one-hot, 2 wide): ``[1, 0]`` at step 0, ``[0, 1]`` after.
+    Right answer (γ = 1): ``J(θ) = 2`` for every policy, so the true gradient is
+    exactly 0 and an unbiased estimator's mean is 0. An estimator that divides
+    the batch's sum by its number of steps (a random count, 1 or 2 per episode)
+    instead of its number of episodes is a ratio estimator: with one episode per
+    batch its mean is ``−∇π(0|s0)``, not 0, as a short episode's terms get twice
+    the weight of a long one's. With γ < 1, ``J_γ = 2π(0|s0) + (1 + γ)π(1|s0)``
+    and ``∇J_γ = (1 − γ)∇π(0|s0)``.
+    """
+
+    env_id = "ProbeEqualReturn-v0"
+    obs_dim = 2
+
+    def get_obs(self, state: ProbeState, params=None, key=None) -> Array:
+        return jax.nn.one_hot(jnp.minimum(state.time, 1), 2, dtype=jnp.float32)
+
+    def step_env(self, key, state, action, params):
+        del key
+        first = jnp.where(
+            state.time == 0, jnp.asarray(action, jnp.int32), state.first_action
+        )
+        reward = jnp.where((state.time == 0) & (first == 0), 2.0, 1.0)
+        return self._transition(_state(state.time + 1, first), params, reward)
+
+    def is_terminated(self, state: ProbeState, params: ProbeParams) -> Array:
+        return ((state.time >= 1) & (state.first_action == 0)) | (state.time >= 2)
+
+
 PROBES: dict[str, type[_Probe]] = {
     cls.env_id: cls
     for cls in (
@@ -259,6 +294,7 @@ PROBES: dict[str, type[_Probe]] = {
         ProbeConstantReward,
         ProbeTruncatedState,
         ProbeContinuous,
+        ProbeEqualReturn,
     )
 }
 
@@ -283,6 +319,7 @@ __all__ = [
     "TABULAR_ENVS",
     "ProbeConstantReward",
     "ProbeContinuous",
+    "ProbeEqualReturn",
     "ProbeOneStep",
     "ProbeTruncatedState",
     "ProbeTwoStep",

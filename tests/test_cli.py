@@ -96,7 +96,7 @@ def test_a2c_smoke_config_resolution(a2c_run):
 
     assert set(TrainConfig.__dataclass_fields__) <= set(config)
     assert (config["critic_epochs"], config["critic_minibatches"]) == (1, 4)
-    assert config["config_version"] == 2
+    assert config["config_version"] == 3
 
 
 @pytest.mark.parametrize(
@@ -126,6 +126,19 @@ def test_old_a2c_config_json_keeps_the_joint_critic_step():
         assert critic_fit(runner.config_from_json(old)[0]) == expected
     new = runner.config_to_json(TrainConfig(algo="a2c", critic_minibatches=4))
     assert critic_fit(runner.config_from_json(new)[0]) == (1, 4)
+
+
+def test_old_reinforce_config_json_keeps_dividing_by_steps():
+    # Before config version 3 reinforce divided its estimate by the batch's
+    # valid steps; a resumed run keeps the estimator it trained with.
+    from pgjax import runner
+    from pgjax.config import TrainConfig
+
+    old = runner.config_to_json(TrainConfig(algo="reinforce"))
+    del old["config_version"], old["pg_normalizer"]
+    assert runner.config_from_json(old)[0].pg_normalizer == "steps"
+    new = runner.config_to_json(TrainConfig(algo="reinforce"))
+    assert runner.config_from_json(new)[0].pg_normalizer == "episodes"
 
 
 def test_a2c_smoke_metrics_csv(a2c_run):

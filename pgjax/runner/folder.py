@@ -65,7 +65,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 #: Version 2: a2c honours critic_epochs/critic_minibatches (0 = its default).
-CONFIG_VERSION = 2
+#: Version 3: reinforce divides by episodes by default (``pg_normalizer``).
+CONFIG_VERSION = 3
 
 
 def config_to_json(
@@ -91,6 +92,9 @@ def config_from_json(data: Mapping[str, Any]) -> tuple[TrainConfig, dict]:
         # one joint critic step) while config.json recorded npg's 2 × 4: keep
         # what the run trained with.
         values["critic_epochs"] = values["critic_minibatches"] = 0
+    if data.get("config_version", 1) < 3 and values.get("algo") == "reinforce":
+        # Before version 3 reinforce divided by the batch's valid steps.
+        values["pg_normalizer"] = "steps"
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
     sweep = {k: [float(x) for x in v] for k, v in (data.get("sweep") or {}).items()}
