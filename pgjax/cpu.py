@@ -54,6 +54,7 @@ CHUNK_OPTIONS: dict[str, dict[str, Any]] = {
     "a2c": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
     "npg": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
     "trpo": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
+    "nac": {**_YNNPACK_SINGLE_PRODUCTS, **_LIGHT_LLVM},
     "reinforce": dict(_LIGHT_LLVM),
 }
 #: XLA options for programs that run once...
@@ -65,8 +66,16 @@ HEAVY_RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 1}
 #: for splitting a fixed-length algorithm's envs across a CPU's devices to pay:
 #: below, the devices' synchronisation costs more than the divided work saves
 #: (measured on 2 cores: A2C ran faster on one device at 2048 rows per device
-#: and split from 8192; NPG and TRPO, with more work per row, split from 2048).
-MIN_ROWS_PER_DEVICE = {"a2c": 8192, "npg": 2048, "trpo": 2048}
+#: and split from 8192; NPG and TRPO, with more work per row, split from 2048;
+#: AC(λ)'s one step per update, 32 envs × 1 step, ran 2.4× slower split across
+#: 2 devices than on one). NAC's work per row is NPG's.
+MIN_ROWS_PER_DEVICE = {
+    "a2c": 8192,
+    "npg": 2048,
+    "trpo": 2048,
+    "nac": 2048,
+    "ac-lambda": 8192,
+}
 #: REINFORCE runs whole episodes in a loop whose every step waits for all
 #: devices; each device needs this many envs for the split to pay.
 MIN_ENVS_PER_DEVICE_EPISODES = 512

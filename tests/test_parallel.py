@@ -205,7 +205,7 @@ SETTINGS = dict(
     block_rows=8,
     hidden=(16,),
 )
-ALGOS = ("a2c", "npg", "trpo", "reinforce")
+ALGOS = ("a2c", "npg", "trpo", "reinforce", "ac-lambda", "nac")
 
 
 def chunk_results(algo: str, backend: Backend, seeds: int = 2):
@@ -216,6 +216,10 @@ def chunk_results(algo: str, backend: Backend, seeds: int = 2):
     if algo == "reinforce":
         settings.pop("critic_minibatches")
         settings.pop("critic_epochs")
+    if algo == "ac-lambda":
+        # Online: one step per update; 12 of them, so that some episodes end
+        # and their per-env traces restart (split over the envs like them).
+        settings.update(num_steps=1, updates_per_chunk=12)
     trainer = make_train(TrainConfig(**settings), backend)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds))
     abstract = jax.eval_shape(trainer.init_batch, keys)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pgjax.algos.a2c import make_a2c
+from pgjax.algos.ac_lambda import make_ac_lambda
 from pgjax.algos.base import Algorithm
+from pgjax.algos.nac import make_nac
 from pgjax.algos.natural_pg import make_npg, make_trpo
 from pgjax.algos.reinforce import make_reinforce
 from pgjax.backend import IDENTITY, Backend
@@ -19,9 +21,11 @@ from pgjax.envs import EnvSpec
 
 REGISTRY: dict[str, Callable[[TrainConfig, EnvSpec, Backend], Algorithm]] = {
     "a2c": make_a2c,
+    "ac-lambda": make_ac_lambda,
     "reinforce": make_reinforce,
     "npg": make_npg,
     "trpo": make_trpo,
+    "nac": make_nac,
 }
 
 

@@ -11,6 +11,11 @@ TD(0) towards ``r + γ·Σ_a' π(a'|s')·Q(s', a')`` (expected SARSA), and the a
 is weighted by ``Q(s, a) − Σ_a π(a|s)·Q(s, a)``, the advantage with the
 action-independent baseline ``V = E_π[Q]``. Discrete actions only.
 
+``--critic linear-q``: the notes' Q actor-critic. The critic is linear in the
+features ``φ(s, a) = one_hot(a) ⊗ [s, 1]`` and learns by semi-gradient TD(0)
+steps of plain gradient descent (expected form), and the actor is weighted by
+``Q_w(s, a)`` itself (:mod:`pgjax.algos.linear_q`). Discrete actions only.
+
 The actor takes one Adam step per rollout on ``L_π − c_H·H[π]`` (``--lr``).
 By default the critic takes one step on ``c_v·L_V`` in the same blocked pass
 (``--critic-lr``); with ``--critic-epochs E --critic-minibatches M`` beyond 1 × 1
@@ -26,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from pgjax import losses, parallel, rollout, value_norm
-from pgjax.algos import base, blocks
+from pgjax.algos import base, blocks, linear_q
 from pgjax.algos import critic as critic_lib
 from pgjax.backend import Backend
 from pgjax.config import ConfigError, Hyperparams, TrainConfig, critic_fit
@@ -45,13 +50,18 @@ METRICS = (
 
 
 def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
-    """Builds A2C for ``spec``; ``config.critic`` picks ``v`` or ``q``."""
-    if config.critic not in ("v", "q"):
-        raise ConfigError("--critic", f"must be v or q, got {config.critic!r}")
-    q_critic = config.critic == "q"
+    """Builds A2C for ``spec``; ``config.critic`` picks ``v``, ``q`` or ``linear-q``."""
+    if config.critic not in ("v", "q", "linear-q"):
+        raise ConfigError(
+            "--critic", f"must be v, q or linear-q, got {config.critic!r}"
+        )
+    q_critic = config.critic in ("q", "linear-q")
     if q_critic and not spec.discrete:
-        raise ConfigError("--critic", "q needs a discrete action space")
+        raise ConfigError("--critic", f"{config.critic} needs a discrete action space")
+    linear_q_critic = config.critic == "linear-q"
     policy, critic = base.make_networks(config, spec, backend, q_critic=q_critic)
+    if linear_q_critic:
+        critic = linear_q.make_critic(spec)
 
     init = base.actor_critic_init(policy, critic)
     collect = base.fixed_length_collect(config, spec, policy)
@@ -87,10 +97,13 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         return advantages, rewards + discounts * next_v
 
     targets_fn = q_targets if q_critic else v_targets
+    if linear_q_critic:
+        # Q_w(s, a) for the actor, and what TD(0) reads for the critic.
+        targets_fn = linear_q.make_targets(policy, critic, block_rows, backend)
     # One critic step per rollout shares the actor's blocked pass; more steps
     # (minibatches, epochs) fit the critic on its own after the actor's step.
     critic_epochs, critic_minibatches = critic_fit(config)
-    joint_critic_step = critic_epochs * critic_minibatches == 1
+    joint_critic_step = critic_epochs * critic_minibatches == 1 and not linear_q_critic
 
     def critic_prediction(critic_params, obs, action):
         if not q_critic:
@@ -160,6 +173,17 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
             critic_params, critic_opt = base.adam_step(
                 params["critic"], agent.critic_opt, critic_grads, critic_lr
             )
+        elif linear_q_critic:
+            critic_params, value_loss, critic_grad_norm = linear_q.td_fit(
+                params["critic"],
+                targets,
+                key,
+                critic_lr,
+                critic_epochs,
+                critic_minibatches,
+            )
+            critic_opt = agent.critic_opt  # plain TD steps: no Adam state
+            metrics["value_loss"] = value_loss
         else:
 
             def critic_loss(critic_params, block):
