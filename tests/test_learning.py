@@ -110,7 +110,9 @@ def test_gaussian_policy_moves_to_the_target(algo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["a2c", "reinforce", "npg", "trpo"])
+@pytest.mark.parametrize(
+    "algo", ["a2c", "reinforce", "npg", "trpo", "nac", "ac-lambda"]
+)
 def test_plain_cartpole_command_solves_every_seed(algo, tmp_path):
     # The command a user runs, with its preset: no tuning flags.
     run_dir = tmp_path / "run"
