@@ -24,9 +24,10 @@ in a rollout of ``T`` steps (``pgjax.algos.critic.next_state_values``).
 raises :class:`AdapterError` naming the field that disagrees with the declared
 spaces, before anything compiles.
 
-Suites are reached by ``suite/name`` ids (:data:`SUITES`): ``navix/...`` has an
-adapter (:func:`navix_adapter`, extra ``pgjax[navix]``); :func:`suite_adapter`
-says which extra a missing suite needs. :func:`import_env_module` imports the
+Suites are reached by ``suite/name`` ids (:data:`SUITES`): ``navix/...`` and
+``brax/...`` have adapters (:func:`navix_adapter`, extra ``pgjax[navix]``;
+:func:`brax_adapter`, extra ``pgjax[brax]``); :func:`suite_adapter` says which
+extra a missing suite needs. :func:`import_env_module` imports the
 ``module`` of a ``module:id`` environment id, which registers ``id``.
 
 This module must not import :mod:`pgjax.envs` (which imports it).
@@ -443,6 +444,99 @@ def navix_adapter(name: str) -> EnvAdapter:
     )
 
 
+# brax's physics pipeline: its environments' own default, and the cheapest on
+# a CPU of those that keep inverted_pendulum learnable (docs/environments.md
+# has the measurements): "positional" and "mjx" step it 2-4× slower, and
+# "spring", though 1.5-2× faster, softens its dynamics so much that A2C stays
+# short of 1000 after 3 M steps where "generalized" reaches it in 0.2 M.
+# brax_adapter's backend argument takes any of them (swimmer takes only this).
+BRAX_BACKEND = "generalized"
+# brax.envs.create's default episode_length: the time limit of its training.
+BRAX_EPISODE_LENGTH = 1000
+
+
+def _brax_envs() -> ModuleType:
+    """``brax.envs``, imported with stdout silenced: mujoco.mjx prints "Failed
+    to import warp" there when the optional warp package is absent, which
+    would land in the CLI's output."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from brax import envs
+    return envs
+
+
+def brax_adapter(name: str, backend: str = BRAX_BACKEND) -> EnvAdapter:
+    """A brax environment (``brax/inverted_pendulum``), without brax's wrappers.
+
+    ``brax.envs.get_environment(name, backend=backend)``, stepped as it is:
+    brax's ``AutoResetWrapper`` returns the first observation of the next
+    episode in place of the final one, and its ``EpisodeWrapper`` folds the
+    time limit into ``done``. Here brax's ``State.done`` is termination only,
+    the time limit is :data:`BRAX_EPISODE_LENGTH` steps, actions are
+    ``Box(-1, 1, (action_size,))`` (each environment scales them to its
+    actuators) and observations float32 ``(observation_size,)``.
+
+    Args:
+      name: a ``brax.envs`` name: ``inverted_pendulum``, ``hopper``, ``ant``, ...
+      backend: the physics pipeline: ``generalized`` (:data:`BRAX_BACKEND`),
+        ``positional``, ``spring`` or ``mjx``.
+
+    Raises:
+      AdapterError: for an unknown name (with the closest ones) or a backend
+        the environment refuses.
+    """
+    import warnings
+
+    brax_envs = _brax_envs()
+    names = sorted(brax_envs._envs)  # brax's registry; no public listing
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)
+        hint = f"; did you mean {', '.join('brax/' + c for c in close)}?"
+        raise AdapterError(
+            f"unknown brax environment 'brax/{name}'{hint if close else ''}"
+        )
+    with warnings.catch_warnings():
+        # brax.io.mjcf warns on every model load that brax's pipelines are no
+        # longer maintained (docs/environments.md says so once).
+        warnings.filterwarnings("ignore", "Brax System", UserWarning)
+        try:
+            env = brax_envs.get_environment(name, backend=backend)
+        except ValueError as error:  # a backend this environment refuses
+            raise AdapterError(f"brax/{name}: {error}") from None
+
+    # brax's states hold Python numbers in places (inverted_pendulum's reward
+    # of 1.0, hopper's healthy reward in its metrics): reset's become arrays,
+    # and a step's leaves keep reset's dtypes, so auto-reset selects like for
+    # like.
+    def reset(key: Array, params: Any) -> tuple[Array, Any]:
+        state = env.reset(key)
+        state = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), state)
+        return state.obs, state
+
+    def step(key: Array, state: Any, action: Array, params: Any) -> EnvStep:
+        # A copy for brax: its steps update state.metrics in place.
+        stepped = env.step(jax.tree.map(lambda x: x, state), action)
+        stepped = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), state, stepped)
+        return EnvStep(
+            obs=stepped.obs,
+            state=stepped,
+            reward=stepped.reward,
+            terminated=stepped.done != 0,
+        )
+
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    obs = jax.eval_shape(reset, key, None)[0]
+    return EnvAdapter(
+        reset=reset,
+        step=step,
+        observation_space=spaces.Box(-jnp.inf, jnp.inf, tuple(obs.shape), jnp.float32),
+        action_space=spaces.Box(-1.0, 1.0, (env.action_size,), jnp.float32),
+        max_episode_steps=BRAX_EPISODE_LENGTH,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Suite:
     """A JAX environment suite reached by ``name/...`` ids.
@@ -458,7 +552,7 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     "navix": Suite("navix", navix_adapter),
-    "brax": Suite("brax"),
+    "brax": Suite("brax", brax_adapter),
     "jumanji": Suite("jumanji"),
     "craftax": Suite("craftax"),
     "xminigrid": Suite("xminigrid"),
@@ -492,6 +586,8 @@ def suite_adapter(env_id: str) -> EnvAdapter | None:
 
 
 __all__ = [
+    "BRAX_BACKEND",
+    "BRAX_EPISODE_LENGTH",
     "SUITES",
     "AdapterEnvironment",
     "AdapterError",
@@ -499,6 +595,7 @@ __all__ = [
     "EnvAdapter",
     "EnvStep",
     "Suite",
+    "brax_adapter",
     "check",
     "import_env_module",
     "navix_adapter",

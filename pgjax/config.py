@@ -30,7 +30,8 @@ class TrainConfig:
     algo: str = _field("a2c", "algorithm: a2c, ac-lambda, reinforce, npg, trpo or nac")
     env: str = _field(
         "CartPole-v1",
-        "environment id: a gymnax id, suite/name (navix/...), or file.py:id or "
+        "environment id: a gymnax id, suite/name (navix/..., brax/...), or "
+        "file.py:id or "
         "module:id, whose module registers id (docs/environments.md)",
     )
     num_envs: int = _field(4096, "parallel environments stepped with vmap")

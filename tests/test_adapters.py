@@ -417,7 +417,7 @@ def test_cli_malformed_adapter_is_one_line_naming_env(tmp_path, capsys):
 @pytest.mark.parametrize(
     "env, message",
     [
-        ("brax/hopper", "'brax/hopper': pgjax has no brax adapter"),
+        ("jumanji/Snake-v1", "'jumanji/Snake-v1': pgjax has no jumanji adapter"),
         ("xminigrid/MiniGrid-Empty-5x5", "pgjax has no xminigrid adapter"),
         ("missing.py:X-v0", "no file 'missing.py'"),
     ],
