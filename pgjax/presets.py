@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("reinforce", "*"): {"num_envs": 64},
+    # The estimate sums each episode's terms (divided by episodes, not steps):
+    # its norm is in the tens, so the other algorithms' clip at 0.5 would cut
+    # every update to a fixed length; Adam already normalises the step.
+    ("reinforce", "*"): {"num_envs": 64, "max_grad_norm": 100.0},
     # AC(λ) is online: one step of every env per update (it refuses more),
     # plain gradient steps of the sizes that suit them, not Adam's 3e-4.
     ("ac-lambda", "*"): {
@@ -106,6 +109,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "num_steps": 16,
         "total_timesteps": 1_000_000,
         "max_kl": 0.02,
+        "normalize_obs": True,
+    },
+    ("reinforce", "Acrobot-v1"): {
+        "total_timesteps": 3_000_000,
+        "lr": 0.005,
         "normalize_obs": True,
     },
     ("npg", "Acrobot-v1"): {
