@@ -116,6 +116,15 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "lr": 0.005,
         "normalize_obs": True,
     },
+    # Pendulum's dense reward over 200-step episodes: small batches (16
+    # episodes) and many updates; 30 M steps run in about 3 minutes.
+    ("reinforce", "Pendulum-v1"): {
+        "num_envs": 16,
+        "total_timesteps": 30_000_000,
+        "lr": 0.001,
+        "critic_lr": 0.003,
+        "normalize_obs": True,
+    },
     ("npg", "Acrobot-v1"): {
         "num_envs": 64,
         "num_steps": 16,
@@ -128,6 +137,19 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "num_steps": 16,
         "total_timesteps": 1_000_000,
         "max_kl": 0.02,
+        "normalize_obs": True,
+    },
+    # The continuous MountainCar with natural steps: γ = 0.999. At 0.99 the
+    # goal's +100, a few hundred steps away, is discounted below the action
+    # cost of getting there, and most seeds settle on standing still.
+    ("npg", "MountainCarContinuous-v0"): {
+        "total_timesteps": 3_000_000,
+        "gamma": 0.999,
+        "normalize_obs": True,
+    },
+    ("trpo", "MountainCarContinuous-v0"): {
+        "total_timesteps": 3_000_000,
+        "gamma": 0.999,
         "normalize_obs": True,
     },
     ("trpo", "Acrobot-v1"): {
