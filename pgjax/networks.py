@@ -4,7 +4,8 @@ Each network is a torso and a head. The torso is an MLP on the flattened
 observation (``--network mlp``), or for image observations ``[H, W, C]`` a
 small CNN before the MLP (``--network cnn``): one 3×3 convolution with 16
 filters and ReLU, as in MinAtar's reference agents (Young & Tian 2019,
-https://arxiv.org/abs/1903.03176), whose output is flattened into the MLP.
+https://arxiv.org/abs/1903.03176), whose output is flattened into the MLP;
+it is computed as a Dense layer on 3×3 patches (:class:`PatchConv`).
 ``--network auto`` picks the CNN for observations with three axes.
 
 The actor's head follows the action space: categorical logits for discrete
@@ -45,6 +46,38 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+def patches3x3(x: Array) -> Array:
+    """The 3×3 neighbourhoods of an image, ``[B, H, W, C] → [B, H−2, W−2, 9C]``
+    (ordered row, column, channel: a ``[3, 3, C, F]`` kernel reshaped to
+    ``[9C, F]`` multiplies them as a valid convolution does)."""
+    h, w = x.shape[1] - 2, x.shape[2] - 2
+    return jnp.concatenate(
+        [x[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
+    )
+
+
+class PatchConv(nn.Module):
+    """A valid 3×3 convolution with ``features`` filters, computed as a Dense
+    layer on :func:`patches3x3`.
+
+    The same function as ``nn.Conv(features, (3, 3), padding="VALID")``, in
+    the form XLA's CPU backend runs well: A2C's update on MinAtar (256 × 16
+    rows) took 879 ms with ``nn.Conv`` and 102 ms with this, whose
+    derivatives are products and slices.
+    """
+
+    features: int
+    dot_general: Callable | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return nn.Dense(
+            self.features,
+            kernel_init=nn.initializers.orthogonal(2**0.5),
+            dot_general=self.dot_general or lax.dot_general,
+        )(patches3x3(x))
+
+
 class MLP(nn.Module):
     """``Dense → activation`` for each hidden width, then a linear output layer.
 
@@ -68,13 +101,7 @@ class MLP(nn.Module):
         act = ACTIVATIONS[self.activation]
         dot = self.dot_general or lax.dot_general
         if self.conv_features:
-            x = nn.Conv(
-                self.conv_features,
-                (3, 3),
-                padding="VALID",
-                kernel_init=nn.initializers.orthogonal(2**0.5),
-            )(x)
-            x = nn.relu(x)
+            x = nn.relu(PatchConv(self.conv_features, dot_general=dot)(x))
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = nn.Dense(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +38,8 @@ def test_auto_gives_images_a_convolution_and_keeps_batch_axes():
     assert spec.obs_shape == (10, 10, 4)
     policy, critic = base.make_networks(TrainConfig(hidden=(32,)), spec, IDENTITY)
     params = policy.init(jax.random.PRNGKey(0))
-    kernel = params["params"]["Conv_0"]["kernel"]
-    assert kernel.shape == (3, 3, 4, networks.CONV_FEATURES)
+    kernel = params["params"]["PatchConv_0"]["Dense_0"]["kernel"]
+    assert kernel.shape == (9 * 4, networks.CONV_FEATURES)
     # A valid 3×3 convolution leaves 8 × 8 × 16 features for the MLP.
     assert params["params"]["Dense_0"]["kernel"].shape == (8 * 8 * 16, 32)
     obs = jax.random.uniform(jax.random.PRNGKey(1), (5, 3, 10, 10, 4))
@@ -57,7 +58,25 @@ def test_mlp_flattens_images_when_asked():
         TrainConfig(network="mlp", hidden=(32,)), spec, IDENTITY
     )
     params = policy.init(jax.random.PRNGKey(0))
-    assert "Conv_0" not in params["params"]
+    assert "PatchConv_0" not in params["params"]
     assert params["params"]["Dense_0"]["kernel"].shape == (400, 32)
     obs = jnp.zeros((2, 10, 10, 4))
     assert policy.apply(params, obs).logits.shape == (2, spec.num_actions)
+
+
+def test_patch_convolution_is_a_valid_3x3_convolution():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 9, 4))
+    conv = networks.PatchConv(5)
+    params = conv.init(jax.random.PRNGKey(1), x)
+    dense = params["params"]["Dense_0"]
+    reference = flax.linen.Conv(5, (3, 3), padding="VALID")
+    expected = reference.apply(
+        {
+            "params": {
+                "kernel": dense["kernel"].reshape(3, 3, 4, 5),
+                "bias": dense["bias"],
+            }
+        },
+        x,
+    )
+    np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-5)
