@@ -39,6 +39,14 @@ HOST_FORMAT = 1
 _log = logging.getLogger(__name__)
 
 
+def _one_line(error: Exception, limit: int = 400) -> str:
+    """``error``'s message on one line, at most ``limit`` characters (orbax
+    lists a mismatched tree over many lines, e.g. the state of a run written
+    by a pgjax whose training state had other fields)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read."""
 
@@ -195,9 +203,10 @@ class Checkpointer:
             try:
                 state, host = self._restore_step(abstract_state, shardings, candidate)
             except Exception as error:  # a damaged or mismatched checkpoint
-                errors.append(f"step {candidate}: {error}")
+                reason = _one_line(error)
+                errors.append(f"step {candidate}: {reason}")
                 if step is None:
-                    _log.warning("cannot read checkpoint %s: %s", candidate, error)
+                    _log.warning("cannot read checkpoint %s: %s", candidate, reason)
                 continue
             return state, host, candidate
         raise CheckpointError(

@@ -184,3 +184,30 @@ def test_write_json_atomic_leaves_old_or_new(tmp_path, monkeypatch):
         runner.write_json_atomic(path, {"v": 2})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"v": 1}
+
+
+@struct.dataclass
+class GrownTree:
+    """:class:`Tree` with a field more, as a later version's state may have."""
+
+    params: dict
+    key: jax.Array
+    count: jax.Array
+    extra: jax.Array
+
+
+def test_a_state_with_other_fields_is_refused_in_one_line(tmp_path):
+    save_steps(tmp_path, [1])
+    grown = GrownTree(
+        params=ABSTRACT.params,
+        key=ABSTRACT.key,
+        count=ABSTRACT.count,
+        extra=jax.ShapeDtypeStruct((1,), np.float32),
+    )
+    with (
+        Checkpointer(tmp_path, read_only=True) as checkpointer,
+        pytest.raises(CheckpointError) as raised,
+    ):
+        checkpointer.restore(grown)
+    message = str(raised.value)
+    assert "\n" not in message and "extra" in message, message
