@@ -125,18 +125,11 @@ def evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pgjax import parallel, runner
-    from pgjax.checkpoints import Checkpointer, CheckpointError
-    from pgjax.train import make_train
 
     try:
-        config, sweep = runner.load_run_config(args.run_dir)
+        config, trainer, layout = runner.open_run(args.run_dir)
     except runner.RunFolderError as error:
         raise BadInput(str(error)) from None
-    try:
-        trainer = make_train(config)
-        layout = runner.make_layout(config, sweep)
-    except ValueError as error:
-        raise BadInput(f"--run-dir: config.json: {error}") from None
     rows = list(range(layout.num_rows))
     if args.seed_index is not None:
         if not 0 <= args.seed_index < layout.num_rows:
@@ -153,23 +146,10 @@ def evaluate(args: argparse.Namespace) -> int:
                 f"--gif: drawing {config.env} needs pygame: pip install 'pgjax[render]'"
             )
 
-    checkpointer = Checkpointer(args.run_dir, read_only=True)
     try:
-        if checkpointer.latest_step() is None:
-            raise BadInput(f"--run-dir: {args.run_dir} has no checkpoint")
-        if args.checkpoint is not None and args.checkpoint not in checkpointer.steps():
-            available = ", ".join(map(str, checkpointer.steps()))
-            raise BadInput(
-                f"--checkpoint: no checkpoint at step {args.checkpoint} in "
-                f"{args.run_dir} (available: {available})"
-            )
-        abstract = runner.abstract_state(trainer, layout)
-        try:
-            state, _, step = checkpointer.restore(abstract, step=args.checkpoint)
-        except CheckpointError as error:
-            raise BadInput(f"--checkpoint: {error}") from None
-    finally:
-        checkpointer.close()
+        state, step = runner.restore_run(args.run_dir, trainer, layout, args.checkpoint)
+    except runner.RunFolderError as error:
+        raise BadInput(str(error)) from None
 
     deterministic = not args.sample
     picked = jax.tree.map(lambda x: x[np.asarray(rows)], state)

@@ -109,37 +109,16 @@ def load_run_policy(run_dir: Path, step: int | None, row: int):
 
     from pgjax import runner
     from pgjax.algos import base
-    from pgjax.checkpoints import Checkpointer, CheckpointError
-    from pgjax.train import make_train
 
     try:
-        config, sweep = runner.load_run_config(run_dir)
+        config, trainer, layout = runner.open_run(run_dir)
+        if not 0 <= row < layout.num_rows:
+            raise BadInput(
+                f"--seed-index: must be in [0, {layout.num_rows}), got {row}"
+            )
+        state, step = runner.restore_run(run_dir, trainer, layout, step)
     except runner.RunFolderError as error:
         raise BadInput(str(error)) from None
-    try:
-        trainer = make_train(config)
-        layout = runner.make_layout(config, sweep)
-    except ValueError as error:
-        raise BadInput(f"--run-dir: config.json: {error}") from None
-    if not 0 <= row < layout.num_rows:
-        raise BadInput(f"--seed-index: must be in [0, {layout.num_rows}), got {row}")
-    checkpointer = Checkpointer(run_dir, read_only=True)
-    try:
-        if checkpointer.latest_step() is None:
-            raise BadInput(f"--run-dir: {run_dir} has no checkpoint")
-        if step is not None and step not in checkpointer.steps():
-            available = ", ".join(map(str, checkpointer.steps()))
-            raise BadInput(
-                f"--checkpoint: no checkpoint at step {step} in {run_dir} "
-                f"(available: {available})"
-            )
-        abstract = runner.abstract_state(trainer, layout)
-        try:
-            state, _, step = checkpointer.restore(abstract, step=step)
-        except CheckpointError as error:
-            raise BadInput(f"--checkpoint: {error}") from None
-    finally:
-        checkpointer.close()
     state = jax.tree.map(lambda x: x[row], state)
     if not hasattr(state.agent, "actor"):
         raise BadInput(f"--run-dir: {config.algo}'s state has no actor parameters")

@@ -67,6 +67,7 @@ from pgjax.runner.programs import (
     compile_evaluation,
 )
 from pgjax.runner.report import RunResult
+from pgjax.runner.saved import open_run, restore_run
 
 __all__ = [
     "HEAVY_EVALUATION_EPISODES",
@@ -86,7 +87,9 @@ __all__ = [
     "first_non_finite",
     "load_run_config",
     "make_layout",
+    "open_run",
     "resolve_config",
+    "restore_run",
     "run",
     "tensorboard_available",
     "truncate_metrics",
