@@ -528,18 +528,27 @@ def natural_gradient_step(
     curvature_ok = jnp.logical_and(jnp.isfinite(xfx), xfx > 0)
     scale = jnp.sqrt(2.0 * max_kl / jnp.where(curvature_ok, xfx, 1.0))
     valid = curvature_ok & jnp.isfinite(scale) & _all_finite(x)
-    scale = jnp.where(valid, scale, 0.0)
+    return _scaled_step(grads, cg, xfx, jnp.where(valid, scale, 0.0), valid, unravel)
+
+
+def _scaled_step(
+    grads: Array,
+    cg: CGResult,
+    xfx: Array,
+    scale: Array,
+    valid: Array,
+    unravel: Callable[[Array], PyTree],
+) -> tuple[PyTree, NaturalStepInfo]:
+    """``step = scale·x`` (flat ``x`` from ``cg``; zeros where not ``valid``)
+    as a pytree, and its :class:`NaturalStepInfo`."""
     # `where` rather than 0·x, so a NaN in x cannot leak into the step.
-    step = jax.tree.map(
-        lambda xi: jnp.where(valid, (scale * xi).astype(xi.dtype), 0), x
-    )
-    expected_improvement = jnp.where(valid, _vdot(grads, step), 0.0)
+    step = jnp.where(valid, (scale * cg.x).astype(cg.x.dtype), 0)
     info = NaturalStepInfo(
         xfx=xfx,
         cg_residual=cg.residual_norm,
         cg_iterations=cg.iterations,
         step_norm=jnp.sqrt(_vdot(step, step)),
-        expected_improvement=expected_improvement,
+        expected_improvement=jnp.where(valid, _vdot(grads, step), 0.0),
         valid=valid,
     )
     return unravel(step), info
@@ -600,17 +609,7 @@ def fixed_natural_step(
     xfx = _vdot(grads, x)
     step_size = jnp.asarray(step_size, dtype=xfx.dtype)
     valid = jnp.isfinite(xfx) & jnp.isfinite(step_size) & _all_finite(x)
-    # `where` rather than 0·x, so a NaN cannot leak into the step.
-    step = jnp.where(valid, (step_size * x).astype(x.dtype), 0)
-    info = NaturalStepInfo(
-        xfx=xfx,
-        cg_residual=cg.residual_norm,
-        cg_iterations=cg.iterations,
-        step_norm=jnp.sqrt(_vdot(step, step)),
-        expected_improvement=jnp.where(valid, _vdot(grads, step), 0.0),
-        valid=valid,
-    )
-    return unravel(step), info
+    return _scaled_step(grads, cg, xfx, step_size, valid, unravel)
 
 
 # ---------------------------------------------------------------------------
