@@ -9,7 +9,9 @@ pytest-xdist workers) through JAX's persistent compilation cache in
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -93,3 +95,14 @@ def assert_one_line_error(code, err: str, flag: str) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert flag in lines[0], err
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (registered in
+    ``sys.modules`` first, as dataclasses defined in it look their module up)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"pgjax_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CACHE_DIR, TINY_CONFIG, assert_one_line_error, run_main
+from conftest import (
+    CACHE_DIR,
+    TINY_CONFIG,
+    assert_one_line_error,
+    load_script,
+    run_main,
+)
 
 from pgjax import plotting, runner
 
@@ -23,15 +29,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLAIN = TINY_CONFIG
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"pgjax_script_{name}", ROOT / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 evaluate = load_script("evaluate")

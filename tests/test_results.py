@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_main
+from conftest import assert_one_line_error, load_script, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def load_results():
-    spec = importlib.util.spec_from_file_location(
-        "pgjax_script_results", ROOT / "scripts" / "results.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
-results = load_results()
+results = load_script("results")
 
 
 def fake_run(run_dir: Path, eval_per_seed, sampled_per_seed, interrupted=False):

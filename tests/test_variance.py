@@ -7,7 +7,6 @@ every unbiased estimator must reach within its sampling error.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, assert_one_line_error, run_main
+from conftest import TINY_CONFIG, assert_one_line_error, load_script, run_main
 from jax.flatten_util import ravel_pytree
 
 from pgjax import envs, rollout, runner, tabular, variance
@@ -26,15 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"pgjax_script_{name}", ROOT / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 script = load_script("variance")
