@@ -1,15 +1,17 @@
 """A minimal hand-written JAX A2C: the yardstick of scripts/benchmark.py.
 
-Two 64-unit tanh MLPs (actor and critic), fixed-length rollouts of a vmapped
-gymnax env, GAE(λ), one Adam step per rollout, everything inside one ``jit``. No
-truncation handling, no normalisation, no metrics beyond the loss: the least work
-an A2C update can do, so pgjax's speed can be stated as a ratio against it
+Two 64-unit tanh MLPs (actor and critic) on the flattened observation,
+fixed-length rollouts of a vmapped gymnax env, GAE(λ), one Adam step per
+rollout, everything inside one ``jit``. No truncation handling, no
+normalisation, no metrics beyond the loss: the least work an A2C update can
+do, so pgjax's speed can be stated as a ratio against it
 measured in the same process.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import NamedTuple
 
 import gymnax
@@ -57,7 +59,12 @@ def make_reference_a2c(
     ``chunk`` is built by :func:`reference_chunk` with a static number of updates.
     """
     env, env_params = gymnax.make(env_id)
-    obs_dim = env.observation_space(env_params).shape[0]
+    obs_shape = env.observation_space(env_params).shape
+    obs_dim = math.prod(obs_shape)
+
+    def flat(obs):  # [..., *obs_shape] -> [..., obs_dim]
+        return obs.reshape((*obs.shape[: obs.ndim - len(obs_shape)], obs_dim))
+
     num_actions = env.action_space(env_params).n
     optimizer = optax.adam(lr)
 
@@ -75,7 +82,7 @@ def make_reference_a2c(
         def step(carry, key):
             env_state, obs = carry
             k_act, k_env = jax.random.split(key)
-            logits = _mlp(state.actor, obs)
+            logits = _mlp(state.actor, flat(obs))
             action = jax.random.categorical(k_act, logits)
             obs2, env_state, reward, terminated, truncated, _ = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None)
@@ -90,9 +97,9 @@ def make_reference_a2c(
 
         def loss_fn(params):
             actor, critic = params
-            logits = _mlp(actor, obs)
-            values = _mlp(critic, obs)[..., 0]
-            last_value = _mlp(critic, last_obs)[..., 0]
+            logits = _mlp(actor, flat(obs))
+            values = _mlp(critic, flat(obs))[..., 0]
+            last_value = _mlp(critic, flat(last_obs))[..., 0]
             log_probs = jax.nn.log_softmax(logits)
             log_prob = jnp.take_along_axis(log_probs, actions[..., None], -1)[..., 0]
             entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1).mean()

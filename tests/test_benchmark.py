@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from pgjax import cpu
@@ -17,6 +18,7 @@ from pgjax import cpu
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import benchmark
+import reference_a2c
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -270,3 +272,15 @@ def test_solve_reads_the_first_crossing_and_can_give_each_run_an_empty_cache(
     # A fresh folder per run, none of them the user's.
     assert len(set(seen[2:])) == 2
     assert str(tmp_path / "user-cache") not in seen[2:]
+
+
+def test_reference_flattens_image_observations():
+    # MinAtar's [10, 10, C] frames: the reference's MLPs take them flattened,
+    # so benchmark.py can time any gymnax env against it.
+    init, chunk = reference_a2c.make_reference_a2c(
+        "Breakout-MinAtar", num_envs=4, num_steps=3
+    )
+    state, losses = jax.jit(lambda s: chunk(s, 2))(init(jax.random.key(0)))
+    assert losses.shape == (2,)
+    assert bool(jnp.all(jnp.isfinite(losses)))
+    assert state.obs.shape == (4, 10, 10, 4)
