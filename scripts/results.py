@@ -7,8 +7,12 @@ seeds, beside the published reference.
 
 For each pair it runs ``python scripts/train.py --algo A --env E --num-seeds S
 --run-dir RUNS/A-E`` (the pair's preset, nothing else), unless that folder
-already holds a finished run with as many seeds (an interrupted one is
-resumed); then it writes ``--out``
+already holds a finished run with as many seeds of the same settings (an
+interrupted one is resumed). A finished run whose settings differ from what
+the plain command resolves to now (a preset changed since) is stale: it is
+moved aside to ``RUNS/A-E.stale-<time>``, never deleted, and the pair is
+trained again (with ``--no-train`` it is listed as stale instead). Then it
+writes ``--out``
 (docs/results.md): one row per pair with the mean ± std over seeds of the
 final mode-action evaluation (``eval_return_per_seed``), the sampled-policy
 evaluation, timesteps, wall time, the machine, and the published result of the
@@ -18,6 +22,8 @@ environment beside it. Bad flags end with one line naming the flag, exit 2.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -120,6 +126,53 @@ def finished(run_dir: Path, num_seeds: int) -> bool:
         not summary.get("interrupted")
         and len(summary.get("eval_return_per_seed") or []) == num_seeds
     )
+
+
+#: config.json fields that say how a run executes on a machine (resolved at
+#: run time), not what it learns: they may differ without making a run stale.
+EXECUTION_FIELDS = frozenset(
+    {
+        "config_version",
+        "updates_per_chunk",
+        "block_rows",
+        "devices",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "sweep",
+    }
+)
+
+
+def plain_settings(algo: str, env: str, num_seeds: int) -> dict:
+    """What ``train.py --algo A --env E --num-seeds S`` resolves to now (as JSON)."""
+    from pgjax import cli, config
+
+    args = cli.build_parser().parse_args(
+        ["--algo", algo, "--env", env, "--num-seeds", str(num_seeds)]
+    )
+    resolved = config.resolve_algorithm_defaults(cli.resolve_config(args))
+    return json.loads(json.dumps(dataclasses.asdict(resolved)))
+
+
+def changed_settings(run_dir: Path, algo: str, env: str, num_seeds: int) -> list[str]:
+    """``name saved → now`` for each learning setting where the run in
+    ``run_dir`` differs from the pair's plain command today (empty: current)."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return [
+        f"{name} {saved.get(name)!r} → {value!r}"
+        for name, value in plain_settings(algo, env, num_seeds).items()
+        if name not in EXECUTION_FIELDS and saved.get(name) != value
+    ]
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Renames a stale run folder beside itself; returns its new path."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}")
+    run_dir.rename(target)
+    return target
 
 
 def train(algo: str, env: str, num_seeds: int, run_dir: Path) -> bool:
@@ -243,13 +296,15 @@ tuned Stable-Baselines3 agent per row, its deterministic policy evaluated over
 about 150k steps, with the steps it trained for. The zoo has no REINFORCE or
 NPG; their rows show the best of its A2C, PPO and TRPO on the task.
 
-Regenerate with `python scripts/results.py` (trains the pairs whose run
-folder under `runs/results/` is missing, then rewrites this page and the
-figures in `docs/results/`).
+Regenerate with `python scripts/results.py`: it trains the pairs whose run
+folder under `runs/results/` is missing or stale (its settings differ from
+what the plain command resolves to now; the old folder is kept beside it as
+`A-E.stale-<time>`), then rewrites this page and the figures in
+`docs/results/`.
 
 {table}
 
-Pairs without a finished run:
+Pairs without a finished run of their current settings:
 
 {missing}
 
@@ -304,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         for algo in algos:
             run_dir = args.runs / f"{algo}-{env}"
             ok = finished(run_dir, args.num_seeds)
+            changed = ok and changed_settings(run_dir, algo, env, args.num_seeds)
+            if changed and args.no_train:
+                missing.append(f"{algo} on {env}: stale ({'; '.join(changed)})")
+                continue
+            if changed:
+                print(f"{run_dir} is stale ({'; '.join(changed)}): moved to "
+                      f"{set_aside(run_dir)}", flush=True)  # fmt: skip
+                ok = False
             if not ok and not args.no_train:
                 ok = train(algo, env, args.num_seeds, run_dir) and finished(
                     run_dir, args.num_seeds

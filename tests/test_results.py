@@ -16,8 +16,12 @@ results = load_script("results")
 
 
 def fake_run(run_dir: Path, eval_per_seed, sampled_per_seed, interrupted=False):
-    """A finished run folder: summary.json and a two-seed metrics.csv."""
+    """A finished run folder of the pair's plain command (named ``algo-env``):
+    config.json, summary.json and a metrics.csv."""
     run_dir.mkdir(parents=True)
+    algo, _, env = run_dir.name.partition("-")
+    config = results.plain_settings(algo, env, len(eval_per_seed))
+    (run_dir / "config.json").write_text(json.dumps(config))
     summary = {
         "eval_return_per_seed": eval_per_seed,
         "eval_return_sampled_per_seed": sampled_per_seed,
@@ -60,6 +64,40 @@ def test_table_from_finished_runs(tmp_path):
     figure = out.parent / "results" / "CartPole-v1.png"
     assert figure.read_bytes().startswith(PNG_MAGIC)
     assert "](results/CartPole-v1.png)" in text
+
+
+def test_a_run_of_older_settings_is_stale_and_set_aside(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    run_dir = runs / "a2c-CartPole-v1"
+    fake_run(run_dir, [500.0, 450.0], [490.0, 470.0])
+    config = json.loads((run_dir / "config.json").read_text())
+    # What a run written before a preset change looks like; settings of how a
+    # run executes (resolved per machine) do not make it stale.
+    config.update(lr=0.1234, updates_per_chunk=77, devices=2)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert results.changed_settings(run_dir, "a2c", "CartPole-v1", 2) == [
+        "lr 0.1234 → 0.001"
+    ]
+    out = tmp_path / "results.md"
+    argv = ["--algos", "a2c", "--envs", "CartPole-v1", "--num-seeds", "2"]
+    argv += ["--runs", str(runs), "--out", str(out)]
+    assert results.main([*argv, "--no-train"]) == 0
+    assert "* a2c on CartPole-v1: stale (lr 0.1234 → 0.001)" in out.read_text()
+    assert run_dir.is_dir()  # --no-train touches no folder
+
+    trained = []
+
+    def train(algo, env, num_seeds, target):
+        trained.append(target)
+        fake_run(target, [499.0, 498.0], [497.0, 496.0])
+        return True
+
+    monkeypatch.setattr(results, "train", train)
+    assert results.main(argv) == 0
+    assert trained == [run_dir]
+    (stale,) = runs.glob("a2c-CartPole-v1.stale-*")
+    assert json.loads((stale / "config.json").read_text())["lr"] == 0.1234
+    assert "| a2c | CartPole-v1 | 498.5 ± 0.5 |" in out.read_text()
 
 
 def test_reference_without_a_zoo_row_is_the_best_of_the_task():
