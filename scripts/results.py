@@ -48,6 +48,27 @@ ENVS = (
     "Pendulum-v1",
 )
 
+#: MinAtar's games in gymnax, whose [10, 10, C] frames take the CNN torso.
+#: Not in the default grid: 10 M steps a seed take hours on a laptop's CPU
+#: (``--envs Breakout-MinAtar --algos npg`` trains one).
+MINATAR = (
+    "Breakout-MinAtar",
+    "Asterix-MinAtar",
+    "Freeway-MinAtar",
+    "SpaceInvaders-MinAtar",
+)
+
+#: gymnax's PPO checkpoints (the "Ckpt (Return)" column of gymnax's README,
+#: https://github.com/RobertTLange/gymnax, Lange 2022), trained by
+#: gymnax-blines for 10 M steps: 64 envs × 128 steps, 4 epochs of 8
+#: minibatches, γ 0.999, an MLP of 2 × 256 on the flattened frames.
+GYMNAX_PPO: dict[str, float] = {
+    "Asterix-MinAtar": 15.0,
+    "Breakout-MinAtar": 28.0,
+    "Freeway-MinAtar": 58.0,
+    "SpaceInvaders-MinAtar": 131.0,
+}
+
 #: rl-baselines3-zoo's benchmark (https://github.com/DLR-RM/rl-baselines3-zoo/
 #: blob/master/benchmark.md): mean ± std of the deterministic policy's episode
 #: return over ~150k evaluation steps of ONE trained agent, and its training
@@ -79,6 +100,8 @@ SOLVED_AT = {
     "MountainCar-v0": -110.0,
     "MountainCarContinuous-v0": 90.0,
     "Pendulum-v1": -200.0,
+    # MinAtar has no threshold: the published PPO return is the bar.
+    **GYMNAX_PPO,
 }
 
 
@@ -167,6 +190,16 @@ def changed_settings(run_dir: Path, algo: str, env: str, num_seeds: int) -> list
     ]
 
 
+def current_run(run_dir: Path, algo: str, env: str, num_seeds: int) -> tuple[bool, str]:
+    """``(ok, stale)``: whether ``run_dir`` holds a finished run of the pair's
+    current settings, and if it holds a finished run of other settings, which
+    ones changed (``""`` otherwise)."""
+    if not finished(run_dir, num_seeds):
+        return False, ""
+    changed = "; ".join(changed_settings(run_dir, algo, env, num_seeds))
+    return not changed, changed
+
+
 def set_aside(run_dir: Path) -> Path:
     """Renames a stale run folder beside itself; returns its new path."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -176,7 +209,8 @@ def set_aside(run_dir: Path) -> Path:
 
 
 def train(algo: str, env: str, num_seeds: int, run_dir: Path) -> bool:
-    """Runs the pair's plain command; False when it failed."""
+    """Runs the pair's plain command; False when it failed (the table then
+    lists the pair as missing)."""
     command = [
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
@@ -223,12 +257,18 @@ def solved(row: Row) -> str:
 
 
 def reference(algo: str, env: str) -> str:
+    if env in GYMNAX_PPO:
+        return f"{GYMNAX_PPO[env]:.0f} (ppo, 10M; gymnax)"
     if (algo, env) in ZOO:
         mean, std, steps = ZOO[(algo, env)]
         return f"{mean:.1f} ± {std:.1f} ({algo}, {steps})"
     best = max(
-        ((a, v) for (a, e), v in ZOO.items() if e == env), key=lambda item: item[1][0]
+        ((a, v) for (a, e), v in ZOO.items() if e == env),
+        key=lambda item: item[1][0],
+        default=None,
     )
+    if best is None:
+        return "–"
     mean, std, steps = best[1]
     return f"{mean:.1f} ± {std:.1f} ({best[0]}, {steps})"
 
@@ -286,7 +326,7 @@ trained on this machine ({machine}). *eval (mode)* is the mean ± std over seeds
 of each seed's mean return over 128 fresh episodes acting with the policy's
 mode; *solved* counts the seeds whose mode evaluation reaches the task's bar
 (CartPole 475, Acrobot −100, MountainCar −110, MountainCarContinuous 90,
-Pendulum −200); *eval (sampled)* samples actions as in training. *wall s* is
+Pendulum −200; on MinAtar, the published PPO return); *eval (sampled)* samples actions as in training. *wall s* is
 the whole command, compile included, all seeds together, run one pair after
 another on a machine that other jobs shared.
 
@@ -294,9 +334,14 @@ another on a machine that other jobs shared.
 (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md): one
 tuned Stable-Baselines3 agent per row, its deterministic policy evaluated over
 about 150k steps, with the steps it trained for. The zoo has no REINFORCE or
-NPG; their rows show the best of its A2C, PPO and TRPO on the task.
+NPG; their rows show the best of its A2C, PPO and TRPO on the task. On the
+MinAtar games it is gymnax's PPO checkpoint (the "Ckpt (Return)" column of
+https://github.com/RobertTLange/gymnax; Lange 2022): 10 M steps of PPO with an
+MLP on the flattened frames, trained by gymnax-blines.
 
-Regenerate with `python scripts/results.py`: it trains the pairs whose run
+Regenerate with `python scripts/results.py`: it trains the pairs of the
+classic-control grid (or those of `--algos`/`--envs`, e.g. `--algos npg
+--envs Breakout-MinAtar`) whose run
 folder under `runs/results/` is missing or stale (its settings differ from
 what the plain command resolves to now; the old folder is kept beside it as
 `A-E.stale-<time>`), then rewrites this page and the figures in
@@ -339,6 +384,37 @@ Pairs without a finished run of their current settings:
 """
 
 
+def bring_up_to_date(algo: str, env: str, num_seeds: int, run_dir: Path) -> None:
+    """Trains the pair unless ``run_dir`` holds a finished run of its current
+    settings; a stale run is moved aside first, never deleted."""
+    ok, stale = current_run(run_dir, algo, env, num_seeds)
+    if stale:
+        print(f"{run_dir} is stale ({stale}): moved to {set_aside(run_dir)}")
+    if not ok:
+        train(algo, env, num_seeds, run_dir)
+
+
+def tabulate(
+    requested: list[tuple[str, str]], num_seeds: int, runs: Path
+) -> tuple[list[Row], list[str]]:
+    """The rows of every pair with a finished run of its current settings
+    (so training one pair rewrites the page without dropping the others), and
+    the requested or default-grid pairs without one."""
+    rows, missing = [], []
+    requested_envs = [env for _, env in requested]
+    for env in dict.fromkeys([*ENVS, *MINATAR, *requested_envs]):
+        for algo in dict.fromkeys([*ALGOS, *(algo for algo, _ in requested)]):
+            run_dir = runs / f"{algo}-{env}"
+            ok, stale = current_run(run_dir, algo, env, num_seeds)
+            if ok:
+                rows.append(read_row(algo, env, run_dir))
+            elif stale:
+                missing.append(f"{algo} on {env}: stale ({stale})")
+            elif (algo, env) in requested or (env in ENVS and algo in ALGOS):
+                missing.append(f"{algo} on {env}")
+    return rows, missing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     algos = [a for a in args.algos.split(",") if a]
@@ -354,27 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--num-seeds: must be a positive integer, got {args.num_seeds}")
     if args.out.suffix != ".md":
         return fail(f"--out: expected a .md file, got {args.out}")
-    rows, missing = [], []
-    for env in envs:
-        for algo in algos:
-            run_dir = args.runs / f"{algo}-{env}"
-            ok = finished(run_dir, args.num_seeds)
-            changed = ok and changed_settings(run_dir, algo, env, args.num_seeds)
-            if changed and args.no_train:
-                missing.append(f"{algo} on {env}: stale ({'; '.join(changed)})")
-                continue
-            if changed:
-                print(f"{run_dir} is stale ({'; '.join(changed)}): moved to "
-                      f"{set_aside(run_dir)}", flush=True)  # fmt: skip
-                ok = False
-            if not ok and not args.no_train:
-                ok = train(algo, env, args.num_seeds, run_dir) and finished(
-                    run_dir, args.num_seeds
-                )
-            if ok:
-                rows.append(read_row(algo, env, run_dir))
-            else:
-                missing.append(f"{algo} on {env}")
+    requested = [(algo, env) for env in envs for algo in algos]
+    if not args.no_train:
+        for algo, env in requested:
+            bring_up_to_date(algo, env, args.num_seeds, args.runs / f"{algo}-{env}")
+    rows, missing = tabulate(requested, args.num_seeds, args.runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_table(rows, missing, args.out)
     print(f"results: {args.out} ({len(rows)} rows)")

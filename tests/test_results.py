@@ -100,6 +100,25 @@ def test_a_run_of_older_settings_is_stale_and_set_aside(tmp_path, monkeypatch):
     assert "| a2c | CartPole-v1 | 498.5 ± 0.5 |" in out.read_text()
 
 
+def test_the_table_keeps_every_current_run_when_one_pair_is_asked_for(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs / "a2c-CartPole-v1", [500.0, 500.0], [500.0, 500.0])
+    fake_run(runs / "npg-Breakout-MinAtar", [30.0, 20.0], [29.0, 21.0])
+    out = tmp_path / "results.md"
+    argv = ["--algos", "a2c", "--envs", "CartPole-v1", "--num-seeds", "2"]
+    assert (
+        results.main([*argv, "--runs", str(runs), "--out", str(out), "--no-train"]) == 0
+    )
+    text = out.read_text()
+    assert "| a2c | CartPole-v1 | 500.0 ± 0.0 | 2/2 |" in text
+    # MinAtar rows: the bar of "solved" is gymnax's PPO return (28 here).
+    assert "| npg | Breakout-MinAtar | 25.0 ± 5.0 | 1/2 |" in text
+    assert "28 (ppo, 10M; gymnax) |" in text
+    # Pairs of the default grid without a run are listed; MinAtar's are not.
+    assert "* trpo on Pendulum-v1" in text
+    assert "* a2c on Breakout-MinAtar" not in text
+
+
 def test_reference_without_a_zoo_row_is_the_best_of_the_task():
     assert results.reference("reinforce", "Acrobot-v1") == "-73.5 ± 18.2 (ppo, 1M)"
     assert results.reference("trpo", "Acrobot-v1") == "-83.1 ± 18.6 (trpo, 100k)"
