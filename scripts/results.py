@@ -139,16 +139,15 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def finished(run_dir: Path, num_seeds: int) -> bool:
-    """Whether ``run_dir`` holds an uninterrupted run of ``num_seeds`` seeds."""
+def finished_seeds(run_dir: Path) -> int:
+    """The seeds of the uninterrupted run in ``run_dir`` (0: none there)."""
     path = run_dir / "summary.json"
     if not path.is_file():
-        return False
+        return 0
     summary = json.loads(path.read_text())
-    return (
-        not summary.get("interrupted")
-        and len(summary.get("eval_return_per_seed") or []) == num_seeds
-    )
+    if summary.get("interrupted"):
+        return 0
+    return len(summary.get("eval_return_per_seed") or [])
 
 
 #: config.json fields that say how a run executes on a machine (resolved at
@@ -190,13 +189,16 @@ def changed_settings(run_dir: Path, algo: str, env: str, num_seeds: int) -> list
     ]
 
 
-def current_run(run_dir: Path, algo: str, env: str, num_seeds: int) -> tuple[bool, str]:
+def current_run(
+    run_dir: Path, algo: str, env: str, num_seeds: int | None
+) -> tuple[bool, str]:
     """``(ok, stale)``: whether ``run_dir`` holds a finished run of the pair's
-    current settings, and if it holds a finished run of other settings, which
-    ones changed (``""`` otherwise)."""
-    if not finished(run_dir, num_seeds):
+    current settings with ``num_seeds`` seeds (None: any number), and if it
+    holds a finished run of other settings, which ones changed (else ``""``)."""
+    seeds = finished_seeds(run_dir)
+    if seeds == 0 or num_seeds not in (None, seeds):
         return False, ""
-    changed = "; ".join(changed_settings(run_dir, algo, env, num_seeds))
+    changed = "; ".join(changed_settings(run_dir, algo, env, seeds))
     return not changed, changed
 
 
@@ -326,9 +328,10 @@ trained on this machine ({machine}). *eval (mode)* is the mean ± std over seeds
 of each seed's mean return over 128 fresh episodes acting with the policy's
 mode; *solved* counts the seeds whose mode evaluation reaches the task's bar
 (CartPole 475, Acrobot −100, MountainCar −110, MountainCarContinuous 90,
-Pendulum −200; on MinAtar, the published PPO return); *eval (sampled)* samples actions as in training. *wall s* is
-the whole command, compile included, all seeds together, run one pair after
-another on a machine that other jobs shared.
+Pendulum −200; on MinAtar, the published PPO return); *eval (sampled)*
+samples actions as in training. *wall s* is the whole command, compile
+included, all seeds together, run one pair after another on a machine that
+other jobs shared.
 
 *published* is rl-baselines3-zoo's benchmark
 (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md): one
@@ -398,14 +401,16 @@ def tabulate(
     requested: list[tuple[str, str]], num_seeds: int, runs: Path
 ) -> tuple[list[Row], list[str]]:
     """The rows of every pair with a finished run of its current settings
-    (so training one pair rewrites the page without dropping the others), and
-    the requested or default-grid pairs without one."""
+    (so training one pair rewrites the page without dropping the others;
+    requested pairs need ``num_seeds`` seeds, others keep theirs), and the
+    requested or default-grid pairs without one."""
     rows, missing = [], []
     requested_envs = [env for _, env in requested]
     for env in dict.fromkeys([*ENVS, *MINATAR, *requested_envs]):
         for algo in dict.fromkeys([*ALGOS, *(algo for algo, _ in requested)]):
             run_dir = runs / f"{algo}-{env}"
-            ok, stale = current_run(run_dir, algo, env, num_seeds)
+            seeds = num_seeds if (algo, env) in requested else None
+            ok, stale = current_run(run_dir, algo, env, seeds)
             if ok:
                 rows.append(read_row(algo, env, run_dir))
             elif stale:

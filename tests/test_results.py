@@ -103,7 +103,8 @@ def test_a_run_of_older_settings_is_stale_and_set_aside(tmp_path, monkeypatch):
 def test_the_table_keeps_every_current_run_when_one_pair_is_asked_for(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs / "a2c-CartPole-v1", [500.0, 500.0], [500.0, 500.0])
-    fake_run(runs / "npg-Breakout-MinAtar", [30.0, 20.0], [29.0, 21.0])
+    # A pair not asked for keeps its own number of seeds.
+    fake_run(runs / "npg-Breakout-MinAtar", [30.0, 20.0, 25.0], [29.0, 21.0, 25.0])
     out = tmp_path / "results.md"
     argv = ["--algos", "a2c", "--envs", "CartPole-v1", "--num-seeds", "2"]
     assert (
@@ -112,7 +113,8 @@ def test_the_table_keeps_every_current_run_when_one_pair_is_asked_for(tmp_path):
     text = out.read_text()
     assert "| a2c | CartPole-v1 | 500.0 ± 0.0 | 2/2 |" in text
     # MinAtar rows: the bar of "solved" is gymnax's PPO return (28 here).
-    assert "| npg | Breakout-MinAtar | 25.0 ± 5.0 | 1/2 |" in text
+    assert "| npg | Breakout-MinAtar | 25.0 ± 4.1 | 1/3 |" in text
+    assert "--num-seeds 2/3`" in text
     assert "28 (ppo, 10M; gymnax) |" in text
     # Pairs of the default grid without a run are listed; MinAtar's are not.
     assert "* trpo on Pendulum-v1" in text
