@@ -49,29 +49,8 @@ METRICS = (
 )
 
 
-def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
-    """Builds A2C for ``spec``; ``config.critic`` picks ``v``, ``q`` or ``linear-q``."""
-    if config.critic not in ("v", "q", "linear-q"):
-        raise ConfigError(
-            "--critic", f"must be v, q or linear-q, got {config.critic!r}"
-        )
-    q_critic = config.critic in ("q", "linear-q")
-    if q_critic and not spec.discrete:
-        raise ConfigError("--critic", f"{config.critic} needs a discrete action space")
-    linear_q_critic = config.critic == "linear-q"
-    policy, critic = base.make_networks(config, spec, backend, q_critic=q_critic)
-    if linear_q_critic:
-        critic = linear_q.make_critic(spec)
-
-    init = base.actor_critic_init(policy, critic)
-    collect = base.fixed_length_collect(config, spec, policy)
-
-    block_rows = blocks.block_rows_for(config, backend)
-
-    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
-        """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
-        value_fn = critic_lib.critic_value_fn(config, critic, params["critic"], stats)
-        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
+def _q_targets_fn(policy, critic, block_rows: int, backend: Backend):
+    """The Q critic's targets: ``(params, batch, hyper, stats) -> (A, y)``."""
 
     def q_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
         """``Q(s,a) − Σ_a π(a|s)Q(s,a)`` and TD(0) targets ``[T, N]``."""
@@ -96,7 +75,107 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         discounts = hyper.gamma * (1.0 - batch.terminated.astype(rewards.dtype))
         return advantages, rewards + discounts * next_v
 
-    targets_fn = q_targets if q_critic else v_targets
+    return q_targets
+
+
+def _critic_step_fn(
+    config: TrainConfig,
+    critic_prediction,
+    joint: bool,
+    q_critic: bool,
+    block_rows: int,
+    backend: Backend,
+):
+    """The critic's part of an update:
+    ``(agent, critic_params, grads, batch, targets, key, critic_lr, hyper)
+    -> (critic_params, critic_opt, metrics)``.
+
+    ``joint``: one Adam step on the gradient the actor's pass already took
+    (``grads["critic"]``). Otherwise :func:`pgjax.algos.critic.fit_critic`'s
+    epochs of minibatches, or TD(0) steps for ``--critic linear-q``.
+    """
+    critic_epochs, critic_minibatches = critic_fit(config)
+
+    def critic_loss(critic_params, block):
+        obs, action, block_targets = block
+        prediction = critic_prediction(critic_params, obs, action)
+        return losses.value_loss(prediction, block_targets)
+
+    def critic_step(agent, critic_params, grads, batch, targets, key, lr, hyper):
+        if joint:
+            critic_grads, grad_norm = base.clip_by_global_norm(
+                grads["critic"], hyper.max_grad_norm
+            )
+            critic_params, critic_opt = base.adam_step(
+                critic_params, agent.critic_opt, critic_grads, lr
+            )
+            return critic_params, critic_opt, {"critic_grad_norm": grad_norm}
+        if config.critic == "linear-q":
+            critic_params, value_loss, grad_norm = linear_q.td_fit(
+                critic_params, targets, key, lr, critic_epochs, critic_minibatches
+            )
+            # Plain TD steps: no Adam state.
+            return (
+                critic_params,
+                agent.critic_opt,
+                {
+                    "value_loss": value_loss,
+                    "critic_grad_norm": grad_norm,
+                },
+            )
+        critic_params, critic_opt, value_loss, grad_norm = critic_lib.fit_critic(
+            critic_loss,
+            critic_params,
+            agent.critic_opt,
+            # Only the Q critic reads the actions: don't shuffle them for V.
+            (batch.obs, batch.action if q_critic else None, targets),
+            key,
+            lr,
+            hyper.max_grad_norm,
+            critic_epochs,
+            critic_minibatches,
+            block_rows,
+            backend,
+        )
+        return (
+            critic_params,
+            critic_opt,
+            {
+                "value_loss": value_loss,
+                "critic_grad_norm": grad_norm,
+            },
+        )
+
+    return critic_step
+
+
+def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
+    """Builds A2C for ``spec``; ``config.critic`` picks ``v``, ``q`` or ``linear-q``."""
+    if config.critic not in ("v", "q", "linear-q"):
+        raise ConfigError(
+            "--critic", f"must be v, q or linear-q, got {config.critic!r}"
+        )
+    q_critic = config.critic in ("q", "linear-q")
+    if q_critic and not spec.discrete:
+        raise ConfigError("--critic", f"{config.critic} needs a discrete action space")
+    linear_q_critic = config.critic == "linear-q"
+    policy, critic = base.make_networks(config, spec, backend, q_critic=q_critic)
+    if linear_q_critic:
+        critic = linear_q.make_critic(spec)
+
+    init = base.actor_critic_init(policy, critic)
+    collect = base.fixed_length_collect(config, spec, policy)
+
+    block_rows = blocks.block_rows_for(config, backend)
+
+    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
+        """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
+        value_fn = critic_lib.critic_value_fn(config, critic, params["critic"], stats)
+        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
+
+    targets_fn = (
+        _q_targets_fn(policy, critic, block_rows, backend) if q_critic else v_targets
+    )
     if linear_q_critic:
         # Q_w(s, a) for the actor, and what TD(0) reads for the critic.
         targets_fn = linear_q.make_targets(policy, critic, block_rows, backend)
@@ -111,6 +190,10 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         q_values = critic.apply(critic_params, obs)
         one_hot = jax.nn.one_hot(action, q_values.shape[-1], dtype=q_values.dtype)
         return jnp.sum(one_hot * q_values, axis=-1)
+
+    critic_step = _critic_step_fn(
+        config, critic_prediction, joint_critic_step, q_critic, block_rows, backend
+    )
 
     def make_block_loss(hyper: Hyperparams, count: int):
         """Loss of one block of rows; block losses sum to the batch loss."""
@@ -166,47 +249,10 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         lr = base.learning_rate(hyper.lr, progress, config.anneal_lr) * agent.lr_scale
         critic_lr = base.learning_rate(hyper.critic_lr, progress, config.anneal_lr)
         actor, actor_opt = base.adam_step(agent.actor, agent.actor_opt, actor_grads, lr)
-        if joint_critic_step:
-            critic_grads, critic_grad_norm = base.clip_by_global_norm(
-                grads["critic"], hyper.max_grad_norm
-            )
-            critic_params, critic_opt = base.adam_step(
-                params["critic"], agent.critic_opt, critic_grads, critic_lr
-            )
-        elif linear_q_critic:
-            critic_params, value_loss, critic_grad_norm = linear_q.td_fit(
-                params["critic"],
-                targets,
-                key,
-                critic_lr,
-                critic_epochs,
-                critic_minibatches,
-            )
-            critic_opt = agent.critic_opt  # plain TD steps: no Adam state
-            metrics["value_loss"] = value_loss
-        else:
-
-            def critic_loss(critic_params, block):
-                obs, action, block_targets = block
-                prediction = critic_prediction(critic_params, obs, action)
-                return losses.value_loss(prediction, block_targets)
-
-            fitted = critic_lib.fit_critic(
-                critic_loss,
-                params["critic"],
-                agent.critic_opt,
-                # Only the Q critic reads the actions: don't shuffle them for V.
-                (batch.obs, batch.action if q_critic else None, targets),
-                key,
-                critic_lr,
-                hyper.max_grad_norm,
-                critic_epochs,
-                critic_minibatches,
-                block_rows,
-                backend,
-            )
-            critic_params, critic_opt, value_loss, critic_grad_norm = fitted
-            metrics["value_loss"] = value_loss
+        critic_params, critic_opt, critic_metrics = critic_step(
+            agent, params["critic"], grads, batch, targets, key, critic_lr, hyper
+        )
+        metrics.update(critic_metrics)
         # KL of this update on a subset of the envs (plenty for a mean estimate).
         kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
         kl = base.mean_kl(policy, agent.actor, actor, kl_obs)
@@ -221,7 +267,6 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         return agent, {
             **metrics,
             "grad_norm": grad_norm,
-            "critic_grad_norm": critic_grad_norm,
             "learning_rate": lr,
             "kl": kl,
             "value_scale": value_norm.statistics(value_stats)[1],
