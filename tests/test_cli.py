@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from conftest import assert_one_line_error, run_main
 
 from pgjax import cli, cpu, hardware, presets, runner
-from pgjax.config import TrainConfig
+from pgjax.config import TrainConfig, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "train.py"
@@ -492,3 +493,14 @@ def test_a_stalled_chunk_gets_one_warning_and_still_returns(monkeypatch, capsys)
     assert result == "done" and fast == "quick"
     assert err.count("warning: chunk 1 has run for") == 1
     assert "--resume" in err and "chunk 2" not in err
+
+
+@pytest.mark.parametrize(
+    ("algo", "env"), sorted(key for key in presets.PRESETS if key[1] != "*")
+)
+def test_every_preset_is_a_valid_config(algo, env):
+    # A misspelt field fails dataclasses.replace; a bad value fails validate.
+    settings = presets.preset(algo, env)
+    config = dataclasses.replace(TrainConfig(algo=algo, env=env), **settings)
+    validate(config)
+    assert all(getattr(config, name) == value for name, value in settings.items())
