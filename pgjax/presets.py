@@ -148,11 +148,17 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "max_kl": 0.02,
         "normalize_obs": True,
     },
+    # TRPO's line search keeps only steps whose surrogate improves, which
+    # needs advantages from a critic fitted hard (as rl-baselines3-zoo's 20
+    # critic updates per batch): 10 epochs of 8 minibatches. With 2 × 4,
+    # 2 of 5 seeds reach the goal; with 10 × 8, 5 of 5 (one at −121).
     ("trpo", "MountainCar-v0"): {
         "num_envs": 64,
         "num_steps": 16,
         "total_timesteps": 1_000_000,
         "max_kl": 0.02,
+        "critic_epochs": 10,
+        "critic_minibatches": 8,
         "normalize_obs": True,
     },
     # The continuous MountainCar with natural steps: γ = 0.999. At 0.99 the
@@ -163,9 +169,13 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "gamma": 0.999,
         "normalize_obs": True,
     },
+    # And a critic fitted hard, as on MountainCar: 10 epochs of 8 minibatches
+    # bring 5 of 5 seeds to the goal (95.3 ± 0.4), 2 × 4 only 3 of 5.
     ("trpo", "MountainCarContinuous-v0"): {
         "total_timesteps": 3_000_000,
         "gamma": 0.999,
+        "critic_epochs": 10,
+        "critic_minibatches": 8,
         "normalize_obs": True,
     },
     ("trpo", "Acrobot-v1"): {
