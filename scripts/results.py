@@ -22,7 +22,6 @@ environment beside it. Bad flags end with one line naming the flag, exit 2.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -166,26 +165,45 @@ EXECUTION_FIELDS = frozenset(
 )
 
 
+def learning_settings(config) -> dict:
+    """``config`` as train.py writes it to config.json (the algorithm's
+    defaults resolved), less :data:`EXECUTION_FIELDS`."""
+    from pgjax.config import resolve_algorithm_defaults
+    from pgjax.runner import folder
+
+    data = folder.config_to_json(resolve_algorithm_defaults(config))
+    return {k: v for k, v in data.items() if k not in EXECUTION_FIELDS}
+
+
 def plain_settings(algo: str, env: str, num_seeds: int) -> dict:
-    """What ``train.py --algo A --env E --num-seeds S`` resolves to now (as JSON)."""
-    from pgjax import cli, config
+    """What ``train.py --algo A --env E --num-seeds S`` resolves to now."""
+    from pgjax import cli
 
     args = cli.build_parser().parse_args(
         ["--algo", algo, "--env", env, "--num-seeds", str(num_seeds)]
     )
-    resolved = config.resolve_algorithm_defaults(cli.resolve_config(args))
-    return json.loads(json.dumps(dataclasses.asdict(resolved)))
+    return learning_settings(cli.resolve_config(args))
 
 
 def changed_settings(run_dir: Path, algo: str, env: str, num_seeds: int) -> list[str]:
     """``name saved → now`` for each learning setting where the run in
-    ``run_dir`` differs from the pair's plain command today (empty: current)."""
+    ``run_dir`` differs from the pair's plain command today (empty: current).
+
+    The saved config is read as a resume reads it (fields a newer pgjax
+    added take their defaults), so an upgrade alone makes no run stale.
+    """
+    from pgjax.runner import folder
+
     path = run_dir / "config.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        saved_config, _ = folder.config_from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return [f"no readable {path.name}"]
+    saved = learning_settings(saved_config)
     return [
-        f"{name} {saved.get(name)!r} → {value!r}"
+        f"{name} {saved[name]!r} → {value!r}"
         for name, value in plain_settings(algo, env, num_seeds).items()
-        if name not in EXECUTION_FIELDS and saved.get(name) != value
+        if saved[name] != value
     ]
 
 
@@ -196,9 +214,9 @@ def current_run(
     current settings with ``num_seeds`` seeds (None: any number), and if it
     holds a finished run of other settings, which ones changed (else ``""``)."""
     seeds = finished_seeds(run_dir)
-    if seeds == 0 or num_seeds not in (None, seeds):
+    if seeds == 0:
         return False, ""
-    changed = "; ".join(changed_settings(run_dir, algo, env, seeds))
+    changed = "; ".join(changed_settings(run_dir, algo, env, num_seeds or seeds))
     return not changed, changed
 
 
@@ -211,8 +229,7 @@ def set_aside(run_dir: Path) -> Path:
 
 
 def train(algo: str, env: str, num_seeds: int, run_dir: Path) -> bool:
-    """Runs the pair's plain command; False when it failed (the table then
-    lists the pair as missing)."""
+    """Runs the pair's plain command; False when it failed."""
     command = [
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
@@ -395,21 +412,26 @@ Pairs without a finished run of their current settings:
 
 def bring_up_to_date(algo: str, env: str, num_seeds: int, run_dir: Path) -> None:
     """Trains the pair unless ``run_dir`` holds a finished run of its current
-    settings; a stale run is moved aside first, never deleted."""
-    ok, stale = current_run(run_dir, algo, env, num_seeds)
-    if stale:
-        print(f"{run_dir} is stale ({stale}): moved to {set_aside(run_dir)}")
-    if not ok:
-        train(algo, env, num_seeds, run_dir)
+    settings. A run of other settings, finished or not, is moved aside first
+    (never deleted), so an interrupted one is resumed only if it is current."""
+    if (run_dir / "config.json").is_file():
+        changed = "; ".join(changed_settings(run_dir, algo, env, num_seeds))
+        if changed:
+            print(f"{run_dir} is stale ({changed}): moved to {set_aside(run_dir)}")
+        elif finished_seeds(run_dir):
+            return
+    if not train(algo, env, num_seeds, run_dir):
+        print(f"{algo} on {env}: train.py failed; the table lists it as missing")
 
 
 def tabulate(
     requested: list[tuple[str, str]], num_seeds: int, runs: Path
 ) -> tuple[list[Row], list[str]]:
-    """The rows of every pair with a finished run of its current settings
-    (so training one pair rewrites the page without dropping the others;
-    requested pairs need ``num_seeds`` seeds, others keep theirs), and the
-    requested or default-grid pairs without one."""
+    """The rows of the pairs of the grid (:data:`ALGOS` × :data:`ENVS` and
+    :data:`MINATAR`) and of ``requested`` that have a finished run of their
+    current settings, so training one pair rewrites the page without
+    dropping the others (requested pairs need ``num_seeds`` seeds, others
+    keep theirs); and the requested or classic-grid pairs without one."""
     rows, missing = [], []
     requested_envs = [env for _, env in requested]
     for env in dict.fromkeys([*ENVS, *MINATAR, *requested_envs]):

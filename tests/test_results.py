@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, load_script, run_main
 
+from pgjax import cli
+from pgjax.runner import folder
+
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -15,12 +18,29 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 results = load_script("results")
 
 
+def written_config(algo: str, env: str, num_seeds: int) -> dict:
+    """The config.json train.py writes for the pair's plain command."""
+    args = ["--algo", algo, "--env", env, "--num-seeds", str(num_seeds)]
+    config = cli.resolve_config(cli.build_parser().parse_args(args))
+    return folder.config_to_json(folder.resolve_config(config))
+
+
+def test_a_fresh_run_of_the_plain_command_is_current(tmp_path):
+    # What train.py writes and what results.py expects agree, for presets
+    # with and without resolved defaults (critic fit, chunk size).
+    for algo, env in [("a2c", "CartPole-v1"), ("trpo", "MountainCar-v0")]:
+        run_dir = tmp_path / f"{algo}-{env}"
+        fake_run(run_dir, [1.0, 2.0], [1.0, 2.0])
+        assert results.changed_settings(run_dir, algo, env, 2) == []
+        assert results.changed_settings(run_dir, algo, env, 3) == ["num_seeds 2 → 3"]
+
+
 def fake_run(run_dir: Path, eval_per_seed, sampled_per_seed, interrupted=False):
     """A finished run folder of the pair's plain command (named ``algo-env``):
     config.json, summary.json and a metrics.csv."""
     run_dir.mkdir(parents=True)
     algo, _, env = run_dir.name.partition("-")
-    config = results.plain_settings(algo, env, len(eval_per_seed))
+    config = written_config(algo, env, len(eval_per_seed))
     (run_dir / "config.json").write_text(json.dumps(config))
     summary = {
         "eval_return_per_seed": eval_per_seed,
@@ -138,3 +158,31 @@ def test_reference_without_a_zoo_row_is_the_best_of_the_task():
 def test_bad_flags_are_one_line(argv, flag, capsys):
     code, _, err = run_main(results.main, [*argv, "--no-train"], capsys)
     assert_one_line_error(code, err, flag)
+
+
+def test_a_field_added_by_a_newer_pgjax_does_not_make_a_run_stale(tmp_path):
+    run_dir = tmp_path / "npg-CartPole-v1"
+    fake_run(run_dir, [500.0], [500.0])
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["natural_lr"]  # a run written before the field existed
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert results.changed_settings(run_dir, "npg", "CartPole-v1", 1) == []
+
+
+def test_an_interrupted_run_of_older_settings_is_set_aside_not_resumed(
+    tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "runs" / "a2c-CartPole-v1"
+    fake_run(run_dir, [500.0], [500.0])
+    (run_dir / "summary.json").unlink()  # stopped before the end
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "lr": 0.5}))
+    trained = []
+    monkeypatch.setattr(
+        results, "train", lambda *args: trained.append(args[-1].exists()) or True
+    )
+    results.bring_up_to_date("a2c", "CartPole-v1", 1, run_dir)
+    # Trained from scratch in a fresh folder; the old one kept beside it.
+    assert trained == [False]
+    (stale,) = run_dir.parent.glob("a2c-CartPole-v1.stale-*")
+    assert json.loads((stale / "config.json").read_text())["lr"] == 0.5
