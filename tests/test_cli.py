@@ -501,6 +501,8 @@ def test_a_stalled_chunk_gets_one_warning_and_still_returns(monkeypatch, capsys)
 def test_every_preset_is_a_valid_config(algo, env):
     # A misspelt field fails dataclasses.replace; a bad value fails validate.
     settings = presets.preset(algo, env)
-    config = dataclasses.replace(TrainConfig(algo=algo, env=env), **settings)
-    validate(config)
-    assert all(getattr(config, name) == value for name, value in settings.items())
+    validate(dataclasses.replace(TrainConfig(algo=algo, env=env), **settings))
+    # The plain command resolves to the preset.
+    args = cli.build_parser().parse_args(["--algo", algo, "--env", env])
+    resolved = cli.resolve_config(args)
+    assert {name: getattr(resolved, name) for name in settings} == settings

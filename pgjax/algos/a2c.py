@@ -20,7 +20,7 @@ The actor takes one Adam step per rollout on ``L_π − c_H·H[π]`` (``--lr``).
 By default the critic takes one step on ``c_v·L_V`` in the same blocked pass
 (``--critic-lr``); with ``--critic-epochs E --critic-minibatches M`` beyond 1 × 1
 it is fitted after the actor's step by ``E·M`` Adam steps on minibatches of
-shuffled envs (:func:`pgjax.algos.base.fit_critic`; ``c_v`` then plays no part).
+shuffled envs (:func:`pgjax.algos.critic.fit_critic`; ``c_v`` then plays no part).
 Each network's gradient is clipped to ``--max-grad-norm`` on its own. Mnih et
 al. 2016, https://arxiv.org/abs/1602.01783.
 """
@@ -82,47 +82,42 @@ def _critic_step_fn(
     config: TrainConfig,
     critic_prediction,
     joint: bool,
-    q_critic: bool,
     block_rows: int,
     backend: Backend,
 ):
-    """The critic's part of an update:
-    ``(agent, critic_params, grads, batch, targets, key, critic_lr, hyper)
+    """The critic's part of an update, chosen once:
+    ``(agent, critic_params, grads, batch, targets, key, lr, hyper)
     -> (critic_params, critic_opt, metrics)``.
 
     ``joint``: one Adam step on the gradient the actor's pass already took
-    (``grads["critic"]``). Otherwise :func:`pgjax.algos.critic.fit_critic`'s
-    epochs of minibatches, or TD(0) steps for ``--critic linear-q``.
+    (``grads["critic"]``). ``--critic linear-q``: TD(0) steps. Otherwise
+    :func:`pgjax.algos.critic.fit_critic`'s epochs of minibatches.
     """
-    critic_epochs, critic_minibatches = critic_fit(config)
+    epochs, minibatches = critic_fit(config)
+    q_critic = config.critic in ("q", "linear-q")
+
+    def joint_step(agent, critic_params, grads, batch, targets, key, lr, hyper):
+        critic_grads, grad_norm = base.clip_by_global_norm(
+            grads["critic"], hyper.max_grad_norm
+        )
+        critic_params, critic_opt = base.adam_step(
+            critic_params, agent.critic_opt, critic_grads, lr
+        )
+        return critic_params, critic_opt, {"critic_grad_norm": grad_norm}
+
+    def td_step(agent, critic_params, grads, batch, targets, key, lr, hyper):
+        critic_params, value_loss, grad_norm = linear_q.td_fit(
+            critic_params, targets, key, lr, epochs, minibatches
+        )
+        metrics = {"value_loss": value_loss, "critic_grad_norm": grad_norm}
+        return critic_params, agent.critic_opt, metrics  # no Adam state
 
     def critic_loss(critic_params, block):
         obs, action, block_targets = block
         prediction = critic_prediction(critic_params, obs, action)
         return losses.value_loss(prediction, block_targets)
 
-    def critic_step(agent, critic_params, grads, batch, targets, key, lr, hyper):
-        if joint:
-            critic_grads, grad_norm = base.clip_by_global_norm(
-                grads["critic"], hyper.max_grad_norm
-            )
-            critic_params, critic_opt = base.adam_step(
-                critic_params, agent.critic_opt, critic_grads, lr
-            )
-            return critic_params, critic_opt, {"critic_grad_norm": grad_norm}
-        if config.critic == "linear-q":
-            critic_params, value_loss, grad_norm = linear_q.td_fit(
-                critic_params, targets, key, lr, critic_epochs, critic_minibatches
-            )
-            # Plain TD steps: no Adam state.
-            return (
-                critic_params,
-                agent.critic_opt,
-                {
-                    "value_loss": value_loss,
-                    "critic_grad_norm": grad_norm,
-                },
-            )
+    def fitted_step(agent, critic_params, grads, batch, targets, key, lr, hyper):
         critic_params, critic_opt, value_loss, grad_norm = critic_lib.fit_critic(
             critic_loss,
             critic_params,
@@ -132,21 +127,17 @@ def _critic_step_fn(
             key,
             lr,
             hyper.max_grad_norm,
-            critic_epochs,
-            critic_minibatches,
+            epochs,
+            minibatches,
             block_rows,
             backend,
         )
-        return (
-            critic_params,
-            critic_opt,
-            {
-                "value_loss": value_loss,
-                "critic_grad_norm": grad_norm,
-            },
-        )
+        metrics = {"value_loss": value_loss, "critic_grad_norm": grad_norm}
+        return critic_params, critic_opt, metrics
 
-    return critic_step
+    if joint:
+        return joint_step
+    return td_step if config.critic == "linear-q" else fitted_step
 
 
 def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algorithm:
@@ -192,7 +183,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         return jnp.sum(one_hot * q_values, axis=-1)
 
     critic_step = _critic_step_fn(
-        config, critic_prediction, joint_critic_step, q_critic, block_rows, backend
+        config, critic_prediction, joint_critic_step, block_rows, backend
     )
 
     def make_block_loss(hyper: Hyperparams, count: int):
