@@ -395,8 +395,9 @@ Pairs without a finished run of their current settings:
   settings, bonuses, or shaped rewards, which change the task); pgjax's
   presets do not change the reward. Acrobot shows the same on a smaller
   scale: a seed whose first episodes all run to the 500-step limit gets no
-  direction and stays at −500 (one of 5 seeds, with 16 or 64 envs, at lr
-  0.003 to 0.01), while the others learn to about −80.
+  direction and stays at −500 (1 of 5 seeds with 16 envs at lr 0.005 or
+  0.01, 3 of 5 with 64 envs at lr 0.003), while the others learn to about
+  −80.
 * **A policy that works only when sampled** shows as a gap between the mode
   and sampled columns: a deterministic policy can loop where sampling
   escapes. The natural-gradient presets on Acrobot take 64 × 16 batches with
