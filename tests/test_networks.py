@@ -80,3 +80,34 @@ def test_patch_convolution_is_a_valid_3x3_convolution():
         x,
     )
     np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["npg", "trpo"])
+def test_natural_steps_train_through_the_cnn(algo):
+    # The MinAtar presets' path: Fisher-vector products through the patch
+    # convolution on a strided subset of the envs, then the step.
+    from pgjax import train
+    from pgjax.config import Hyperparams
+
+    config = TrainConfig(
+        algo=algo,
+        env="Breakout-MinAtar",
+        num_envs=4,
+        num_steps=8,
+        total_timesteps=64,
+        hidden=(8,),
+        activation="relu",
+        kl_envs=2,
+    )
+    trainer = train.make_train(config)
+    initial = trainer.init(jax.random.key(0), Hyperparams.from_config(config))
+    state, metrics = jax.jit(trainer.update)(initial)
+    conv = state.agent.actor["params"]["PatchConv_0"]
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(conv))
+    assert all(bool(jnp.isfinite(v)) for v in metrics.values())
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))),
+        conv,
+        initial.agent.actor["params"]["PatchConv_0"],
+    )
+    assert max(jax.tree.leaves(moved)) > 0  # the convolution took the step
