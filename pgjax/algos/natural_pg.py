@@ -214,104 +214,28 @@ class NaturalPhases:
     fit_critic: Callable[..., CriticFit]
 
 
-def make_natural_phases(
-    config: TrainConfig, spec: EnvSpec, backend: Backend, line_search: bool
-) -> NaturalPhases:
-    """The phases of NPG's (``line_search=False``) or TRPO's update.
+def _surrogate_inputs(batch, targets: Targets):
+    """The surrogate's per-row data ``(obs, action, log π_old(a|s), Â)``."""
+    old_log_prob = jax.lax.stop_gradient(batch.log_prob)
+    return batch.obs, batch.action, old_log_prob, targets.advantages
 
-    Raises:
-      ConfigError: ``--natural-step fixed`` with the line search (TRPO's
-        search backtracks from the step that fills the trust region).
-    """
+
+def _surrogate_rows(policy: Policy, actor_params, obs, action, old, adv):
+    """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
+    ``(π_θ(a|s)/π_old(a|s)·Â, H[π_θ(·|s)], π_θ)``. The gradient pass
+    (L at θ_old) and TRPO's candidates (L at θ) share it, so the line
+    search's improvements compare like with like."""
+    dist = policy.apply(actor_params, obs)
+    weighted = jnp.exp(dist.log_prob(action) - old) * adv
+    return weighted, dist.entropy(), dist
+
+
+def _natural_step_phase(
+    config: TrainConfig, policy: Policy, backend: Backend, fvp_block_rows: int
+):
+    """:attr:`NaturalPhases.natural_step` under the config's ``--natural-step``,
+    ``--kl-envs`` and ``--cg-iters``."""
     fixed = config.natural_step == "fixed"
-    if fixed and line_search:
-        raise ConfigError(
-            "--natural-step", "must be kl with trpo, got 'fixed' (use --algo npg)"
-        )
-    policy, critic = base.make_networks(config, spec, backend)
-    block_rows = blocks.block_rows_for(config, backend)
-    # The linearised KL keeps every block's residuals and each CG iteration
-    # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache.
-    fvp_block_rows = max(block_rows // 2, 1) if block_rows > 0 else 0
-
-    def surrogate_inputs(batch, targets: Targets):
-        """The surrogate's per-row data ``(obs, action, log π_old(a|s), Â)``."""
-        old_log_prob = jax.lax.stop_gradient(batch.log_prob)
-        return batch.obs, batch.action, old_log_prob, targets.advantages
-
-    def surrogate_rows(actor_params, obs, action, old, adv):
-        """The surrogate's per-row terms and π_θ on rows ``[B, ...]``:
-        ``(π_θ(a|s)/π_old(a|s)·Â, H[π_θ(·|s)], π_θ)``. The gradient pass
-        (L at θ_old) and TRPO's candidates (L at θ) share it, so the line
-        search's improvements compare like with like."""
-        dist = policy.apply(actor_params, obs)
-        weighted = jnp.exp(dist.log_prob(action) - old) * adv
-        return weighted, dist.entropy(), dist
-
-    def targets_phase(agent: base.ActorCriticState, batch, hyper: Hyperparams):
-        """GAE(λ) advantages and λ-return targets under the agent's critic.
-
-        Args:
-          agent: the agent before the update.
-          batch: the rollout ``[T, N, ...]``.
-          hyper: the hyperparameters (γ, λ, reward scale).
-
-        Returns:
-          :class:`Targets`. With ``--value-norm`` the λ-returns are folded into
-          the PopArt statistics and the critic's output layer rescaled so that
-          its values are unchanged; with ``--normalize-advantages`` the
-          advantages are standardised.
-        """
-        value_fn = critic_lib.critic_value_fn(
-            config, critic, agent.critic, agent.value_stats
-        )
-        advantages, returns = critic_lib.gae_targets(
-            value_fn, batch, hyper, block_rows, spec, backend
-        )
-        critic_params, value_stats = agent.critic, agent.value_stats
-        if config.value_norm:
-            # PopArt: regress on standardised targets, V kept unchanged.
-            value_stats, critic_params, returns = value_norm.fold_targets(
-                agent.value_stats, agent.critic, returns
-            )
-        if config.normalize_advantages:
-            advantages = losses.normalize_advantages(advantages)
-        return Targets(advantages, returns, critic_params, value_stats)
-
-    def policy_gradient(actor_params, batch, targets: Targets, hyper: Hyperparams):
-        """The surrogate's gradient at θ_old, in blocked passes over the batch.
-
-        Args:
-          actor_params: θ_old.
-          batch: the rollout ``[T, N, ...]`` (its ``log_prob`` is π_old's).
-          targets: the advantages (:class:`Targets`).
-          hyper: the hyperparameters (entropy coefficient).
-
-        Returns:
-          :class:`PolicyGradient`, with π_old over the batch from the same
-          forward pass: the KL terms need it, and running the policy again
-          would cost a pass.
-        """
-        inputs = surrogate_inputs(batch, targets)
-        count = blocks.block_count(*batch.reward.shape, block_rows, backend)
-
-        def block_surrogate(actor_params, block):
-            weighted, entropies, dist = surrogate_rows(actor_params, *block)
-            entropy = jnp.mean(entropies)
-            objective = jnp.mean(weighted) + hyper.ent_coef * entropy
-            summed = (objective / count, entropy / count)
-            return objective / count, (summed, dist)
-
-        # Cache-sized blocks on a CPU (pgjax.algos.blocks).
-        grads, (objective, entropy), old_dist = blocks.blocked_grad(
-            block_surrogate,
-            actor_params,
-            inputs,
-            block_rows,
-            backend,
-            with_outputs=True,
-        )
-        return PolicyGradient(grads, objective, entropy, old_dist)
 
     def natural_step(actor_params, batch, gradient: PolicyGradient, hyper: Hyperparams):
         """The natural step: conjugate gradient on the KL's Fisher-vector
@@ -376,6 +300,14 @@ def make_natural_phases(
         )
         return NaturalStep(step, step_info, kl_obs, kl_old)
 
+    return natural_step
+
+
+def _backtracking_phase(
+    config: TrainConfig, policy: Policy, block_rows: int, backend: Backend
+):
+    """TRPO's :attr:`NaturalPhases.line_search`: backtracking within δ."""
+
     def backtracking(
         actor_params,
         batch,
@@ -399,15 +331,15 @@ def make_natural_phases(
           :class:`PolicyStep`; when no fraction passes, the actor is θ_old bit
           for bit.
         """
-        inputs = surrogate_inputs(batch, targets)
+        inputs = _surrogate_inputs(batch, targets)
 
         def surrogate_and_kl(actor_params):
             """``(L(θ), mean KL(π_old ‖ π_θ))`` over the batch, one pass."""
 
             def block_terms(block):
                 *surrogate_block, old_block_dist = block
-                weighted, entropies, dist = surrogate_rows(
-                    actor_params, *surrogate_block
+                weighted, entropies, dist = _surrogate_rows(
+                    policy, actor_params, *surrogate_block
                 )
                 gain = weighted + hyper.ent_coef * entropies
                 return gain, old_block_dist.kl(dist)
@@ -435,6 +367,12 @@ def make_natural_phases(
             actor, search.kl, search.accepted, search.backtracks, step_fraction
         )
 
+    return backtracking
+
+
+def _plain_step_phase(policy: Policy):
+    """NPG's :attr:`NaturalPhases.line_search`: the step as is."""
+
     def plain_step(actor_params, batch, targets, gradient, step: NaturalStep, hyper):
         """NPG's step: ``θ_old + Δθ`` as is, with the same signature as TRPO's
         line search.
@@ -448,6 +386,14 @@ def make_natural_phases(
         return PolicyStep(
             actor, kl, step.info.valid, jnp.zeros((), jnp.int32), jnp.ones(())
         )
+
+    return plain_step
+
+
+def _critic_fit_phase(
+    config: TrainConfig, critic: Critic, block_rows: int, backend: Backend
+):
+    """:attr:`NaturalPhases.fit_critic`: the config's critic-fit epochs."""
 
     def fit_critic(critic_opt, batch, targets: Targets, key, hyper, progress):
         """Value regression on the λ-returns (:func:`critic_lib.fit_critic`).
@@ -482,14 +428,106 @@ def make_natural_phases(
         )
         return CriticFit(params, opt_state, value_loss)
 
+    return fit_critic
+
+
+def make_natural_phases(
+    config: TrainConfig, spec: EnvSpec, backend: Backend, line_search: bool
+) -> NaturalPhases:
+    """The phases of NPG's (``line_search=False``) or TRPO's update.
+
+    Raises:
+      ConfigError: ``--natural-step fixed`` with the line search (TRPO's
+        search backtracks from the step that fills the trust region).
+    """
+    fixed = config.natural_step == "fixed"
+    if fixed and line_search:
+        raise ConfigError(
+            "--natural-step", "must be kl with trpo, got 'fixed' (use --algo npg)"
+        )
+    policy, critic = base.make_networks(config, spec, backend)
+    block_rows = blocks.block_rows_for(config, backend)
+    # The linearised KL keeps every block's residuals and each CG iteration
+    # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache.
+    fvp_block_rows = max(block_rows // 2, 1) if block_rows > 0 else 0
+
+    def targets_phase(agent: base.ActorCriticState, batch, hyper: Hyperparams):
+        """GAE(λ) advantages and λ-return targets under the agent's critic.
+
+        Args:
+          agent: the agent before the update.
+          batch: the rollout ``[T, N, ...]``.
+          hyper: the hyperparameters (γ, λ, reward scale).
+
+        Returns:
+          :class:`Targets`. With ``--value-norm`` the λ-returns are folded into
+          the PopArt statistics and the critic's output layer rescaled so that
+          its values are unchanged; with ``--normalize-advantages`` the
+          advantages are standardised.
+        """
+        value_fn = critic_lib.critic_value_fn(
+            config, critic, agent.critic, agent.value_stats
+        )
+        advantages, returns = critic_lib.gae_targets(
+            value_fn, batch, hyper, block_rows, spec, backend
+        )
+        critic_params, value_stats = agent.critic, agent.value_stats
+        if config.value_norm:
+            # PopArt: regress on standardised targets, V kept unchanged.
+            value_stats, critic_params, returns = value_norm.fold_targets(
+                agent.value_stats, agent.critic, returns
+            )
+        if config.normalize_advantages:
+            advantages = losses.normalize_advantages(advantages)
+        return Targets(advantages, returns, critic_params, value_stats)
+
+    def policy_gradient(actor_params, batch, targets: Targets, hyper: Hyperparams):
+        """The surrogate's gradient at θ_old, in blocked passes over the batch.
+
+        Args:
+          actor_params: θ_old.
+          batch: the rollout ``[T, N, ...]`` (its ``log_prob`` is π_old's).
+          targets: the advantages (:class:`Targets`).
+          hyper: the hyperparameters (entropy coefficient).
+
+        Returns:
+          :class:`PolicyGradient`, with π_old over the batch from the same
+          forward pass: the KL terms need it, and running the policy again
+          would cost a pass.
+        """
+        inputs = _surrogate_inputs(batch, targets)
+        count = blocks.block_count(*batch.reward.shape, block_rows, backend)
+
+        def block_surrogate(actor_params, block):
+            weighted, entropies, dist = _surrogate_rows(policy, actor_params, *block)
+            entropy = jnp.mean(entropies)
+            objective = jnp.mean(weighted) + hyper.ent_coef * entropy
+            summed = (objective / count, entropy / count)
+            return objective / count, (summed, dist)
+
+        # Cache-sized blocks on a CPU (pgjax.algos.blocks).
+        grads, (objective, entropy), old_dist = blocks.blocked_grad(
+            block_surrogate,
+            actor_params,
+            inputs,
+            block_rows,
+            backend,
+            with_outputs=True,
+        )
+        return PolicyGradient(grads, objective, entropy, old_dist)
+
     return NaturalPhases(
         policy=policy,
         critic=critic,
         targets=targets_phase,
         policy_gradient=policy_gradient,
-        natural_step=natural_step,
-        line_search=backtracking if line_search else plain_step,
-        fit_critic=fit_critic,
+        natural_step=_natural_step_phase(config, policy, backend, fvp_block_rows),
+        line_search=(
+            _backtracking_phase(config, policy, block_rows, backend)
+            if line_search
+            else _plain_step_phase(policy)
+        ),
+        fit_critic=_critic_fit_phase(config, critic, block_rows, backend),
     )
 
 
