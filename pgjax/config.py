@@ -131,8 +131,20 @@ class TrainConfig:
     natural_lr: float = _field(
         0.1, "η of the fixed natural step θ += η·F⁻¹g (--natural-step fixed)"
     )
-    backtrack_ratio: float = _field(0.8, "trpo line-search step shrink factor")
-    max_backtracks: int = _field(10, "trpo line-search attempts")
+    backtrack_ratio: float = _field(
+        0.8, "trpo line-search (and npg/nac --kl-guard) step shrink factor"
+    )
+    max_backtracks: int = _field(
+        10, "trpo line-search (and npg/nac --kl-guard) attempts"
+    )
+    kl_guard: float = _field(
+        0.0,
+        "npg/nac: shrink the natural step by --backtrack-ratio until the KL it "
+        "causes, measured on the KL envs, is at most kl-guard × max-kl, keeping "
+        "the policy when no fraction passes; guards against steps whose real "
+        "KL far exceeds the quadratic model's once the policy is nearly "
+        "deterministic (0 = off: the step as is)",
+    )
     critic_epochs: int = _field(
         0,
         "critic regression epochs (passes over the batch) per update "
@@ -381,6 +393,12 @@ def validate(config: TrainConfig) -> None:
     need(config.cg_damping >= 0, "cg_damping", ">= 0")
     need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
     need(config.natural_lr > 0, "natural_lr", "> 0")
+    need(config.kl_guard >= 0, "kl_guard", ">= 0 (0 = off)")
+    need(
+        config.kl_guard == 0 or config.algo in ("npg", "nac"),
+        "kl_guard",
+        "0 unless --algo npg or nac (trpo's line search already checks the KL)",
+    )
     need(
         not (config.natural_step == "fixed" and config.algo == "trpo"),
         "natural_step",

@@ -74,6 +74,7 @@ __all__ = [
     "fisher_vector_product",
     "fixed_natural_step",
     "gauss_newton_fisher_vector_product",
+    "kl_limited_step",
     "natural_gradient_step",
 ]
 
@@ -641,6 +642,52 @@ class LineSearchInfo:
     improvement: Array
     last_kl: Array
     last_improvement: Array
+
+
+def kl_limited_step(
+    kl_fn: Callable[[PyTree], Array],
+    params: PyTree,
+    step: PyTree,
+    max_kl: float | Array,
+    backtrack_ratio: float | Array = 0.8,
+    max_backtracks: int = 10,
+) -> tuple[PyTree, LineSearchInfo]:
+    """``θ + ratio^k·s`` for the first ``k`` whose KL is at most ``max_kl``.
+
+    The KL half of :func:`backtracking_line_search`, without its surrogate
+    test: a guard for natural steps sized by the quadratic model
+    ``½·sᵀFs``, which underestimates the real KL once the policy is nearly
+    deterministic (the Fisher vanishes along directions that still move the
+    probabilities of rare actions by orders of magnitude). When no candidate
+    passes, the returned parameters are ``params`` bit for bit.
+
+    Args:
+      kl_fn: ``θ ↦`` scalar mean ``KL(π_old ‖ π_θ)``.
+      params: current (old) parameters ``θ``.
+      step: full step ``s`` shaped like ``params``.
+      max_kl: the KL allowed (may be traced).
+      backtrack_ratio: shrink factor in ``(0, 1)`` (may be traced).
+      max_backtracks: static number of candidates tried.
+
+    Returns:
+      ``(new_params, info)`` as :func:`backtracking_line_search` returns them
+      (its ``improvement`` fields are 1 for an accepted step, meaningless here).
+    """
+
+    def constant_and_kl(candidate):
+        return jnp.ones(()), kl_fn(candidate)
+
+    return backtracking_line_search(
+        constant_and_kl,
+        None,
+        params,
+        step,
+        0.0,
+        max_kl,
+        backtrack_ratio,
+        max_backtracks,
+        objective_at_params=jnp.zeros(()),
+    )
 
 
 def backtracking_line_search(

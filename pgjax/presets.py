@@ -274,8 +274,14 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     },
     **{
         ("npg", game): _MINATAR_NPG
-        for game in ("Breakout-MinAtar", "Asterix-MinAtar", "SpaceInvaders-MinAtar")
+        for game in ("Asterix-MinAtar", "SpaceInvaders-MinAtar")
     },
+    # On Breakout both seeds of the unguarded preset learned to ~15 and then
+    # collapsed to a policy that loses the ball at once (return 0), after
+    # steps whose real KL was 150× and 2000× max-kl as the policy sharpened:
+    # the quadratic model ½·xᵀFx no longer measures the step. --kl-guard 2
+    # shrinks any step whose measured KL exceeds 2 × max-kl.
+    ("npg", "Breakout-MinAtar"): {**_MINATAR_NPG, "kl_guard": 2.0},
     # Freeway rewards each crossing, and "always up" already earns ~20. With
     # 64 envs the natural steps drove the policy there for good (entropy
     # 1e-22 by 0.6 M steps, return 17 at 3 M); 128 envs' larger batches keep

@@ -373,6 +373,8 @@ BAD_INPUTS = [
         [*NPG_6_ENVS, "--critic-minibatches", "4"],
         "--critic-minibatches",
     ),
+    (["--algo", "trpo", "--kl-guard", "2"], "--kl-guard"),
+    (["--algo", "npg", "--kl-guard", "-1"], "--kl-guard"),
     (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
     (["--devices", "-1"], "--devices"),
     (["--devices", "two"], "--devices"),

@@ -876,3 +876,53 @@ def test_trpo_refuses_the_fixed_step():
     with pytest.raises(ConfigError, match="--natural-step"):
         natural_pg.make_trpo(config, envs.make_env("CartPole-v1"), IDENTITY)
     validate(TrainConfig(algo="npg", natural_step="fixed"))
+
+
+def test_kl_limited_step_backtracks_to_the_first_fraction_within_the_limit():
+    def kl(theta):
+        return jnp.sum(theta**2)
+
+    params, info = natural.kl_limited_step(
+        kl, jnp.zeros(2), jnp.ones(2), max_kl=0.5, backtrack_ratio=0.5
+    )
+    # Fractions 1, 0.5: KL 2 is refused, 0.5 is accepted.
+    np.testing.assert_array_equal(params, [0.5, 0.5])
+    assert int(info.backtracks) == 1 and bool(info.accepted)
+    assert float(info.kl) == 0.5
+    # No fraction passes: the parameters are kept bit for bit.
+    params, info = natural.kl_limited_step(
+        kl, jnp.zeros(2), jnp.ones(2), max_kl=1e-9, max_backtracks=3
+    )
+    np.testing.assert_array_equal(params, [0.0, 0.0])
+    assert not bool(info.accepted) and int(info.backtracks) == 3
+
+
+def test_npg_kl_guard_keeps_each_steps_measured_kl_within_the_guard():
+    from pgjax import train
+    from pgjax.config import Hyperparams, TrainConfig
+
+    def measured(kl_guard):
+        config = TrainConfig(
+            algo="npg",
+            env="CartPole-v1",
+            num_envs=16,
+            num_steps=16,
+            total_timesteps=16 * 16 * 6,
+            hidden=(16,),
+            max_kl=0.5,
+            cg_damping=1.0,
+            kl_guard=kl_guard,
+        )
+        trainer = train.make_train(config)
+        state = trainer.init(jax.random.key(0), Hyperparams.from_config(config))
+        update, rows = jax.jit(trainer.update), []
+        for _ in range(6):
+            state, metrics = update(state)
+            rows.append((float(metrics["kl"]), int(metrics["backtracks"])))
+        return rows
+
+    # Unguarded, some steps move the policy by more than 0.2 × 0.5.
+    assert max(kl for kl, _ in measured(0.0)) > 0.1
+    guarded = measured(0.2)
+    assert all(kl <= 0.1 for kl, _ in guarded)
+    assert any(backtracks > 0 for _, backtracks in guarded)

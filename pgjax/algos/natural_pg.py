@@ -370,21 +370,37 @@ def _backtracking_phase(
     return backtracking
 
 
-def _plain_step_phase(policy: Policy):
-    """NPG's :attr:`NaturalPhases.line_search`: the step as is."""
+def _plain_step_phase(config: TrainConfig, policy: Policy):
+    """NPG's :attr:`NaturalPhases.line_search`: the step as is, or with
+    ``--kl-guard`` shrunk until its KL on the KL envs is within the guard."""
 
     def plain_step(actor_params, batch, targets, gradient, step: NaturalStep, hyper):
-        """NPG's step: ``θ_old + Δθ`` as is, with the same signature as TRPO's
+        """NPG's step: ``θ_old + Δθ``, with the same signature as TRPO's
         line search.
 
         Returns:
           :class:`PolicyStep`, its KL measured on the KL envs.
         """
-        del batch, targets, gradient, hyper
+        del batch, targets, gradient
+
+        def kl_at(actor):
+            return jnp.mean(step.kl_old.kl(policy.apply(actor, step.kl_obs)))
+
+        if config.kl_guard > 0:
+            actor, search = natural.kl_limited_step(
+                kl_at,
+                actor_params,
+                step.step,
+                config.kl_guard * hyper.max_kl,
+                hyper.backtrack_ratio,
+                config.max_backtracks,
+            )
+            fraction = jnp.where(search.accepted, search.step_fraction, 0.0)
+            accepted = search.accepted & step.info.valid
+            return PolicyStep(actor, search.kl, accepted, search.backtracks, fraction)
         actor = jax.tree.map(jnp.add, actor_params, step.step)
-        kl = jnp.mean(step.kl_old.kl(policy.apply(actor, step.kl_obs)))
         return PolicyStep(
-            actor, kl, step.info.valid, jnp.zeros((), jnp.int32), jnp.ones(())
+            actor, kl_at(actor), step.info.valid, jnp.zeros((), jnp.int32), jnp.ones(())
         )
 
     return plain_step
@@ -525,7 +541,7 @@ def make_natural_phases(
         line_search=(
             _backtracking_phase(config, policy, block_rows, backend)
             if line_search
-            else _plain_step_phase(policy)
+            else _plain_step_phase(config, policy)
         ),
         fit_critic=_critic_fit_phase(config, critic, block_rows, backend),
     )
