@@ -414,6 +414,10 @@ Pairs without a finished run of their current settings:
   reached 19.1 after 3 M steps where 128 × 32 reached 15.4 and 32 × 32 8.5
   (one seed each). On Freeway, 64 envs drove the policy to "always up" for
   good (entropy 1e-22 by 0.6 M steps, return 17), so its preset takes 128.
+  On Breakout both seeds of the first preset reached about 15 and then
+  collapsed to return 0 after steps whose real KL was 150× and 2000× the
+  0.02 allowed (the quadratic model fails as the policy sharpens); its
+  preset adds `--kl-guard 2`, which shrinks such steps.
   A2C, one Adam step per batch, stayed near 5.5 on Breakout in every setting
   tried (2-10 M steps), so the MinAtar presets are NPG's. The MinAtar rows
   have one or two seeds: 10 M steps of NPG take 30-60 minutes a seed on 2
