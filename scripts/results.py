@@ -347,8 +347,8 @@ mode; *solved* counts the seeds whose mode evaluation reaches the task's bar
 (CartPole 475, Acrobot −100, MountainCar −110, MountainCarContinuous 90,
 Pendulum −200; on MinAtar, the published PPO return); *eval (sampled)*
 samples actions as in training. *wall s* is the whole command, compile
-included, all seeds together, run one pair after another on a machine that
-other jobs shared.
+included, all seeds together, on a machine that other jobs and other pairs'
+runs shared: speeds are compared in performance.md, not here.
 
 *published* is rl-baselines3-zoo's benchmark
 (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md): one
