@@ -417,10 +417,11 @@ Pairs without a finished run of their current settings:
   On Breakout both seeds of the first preset reached about 15 and then
   collapsed to return 0 after steps whose real KL was 150× and 2000× the
   0.02 allowed (the quadratic model fails as the policy sharpens); its
-  preset adds `--kl-guard 2`, which shrinks such steps.
+  preset adds `--kl-guard 2`, which shrinks such steps: it no longer
+  collapses, but stays near 10-17 in training, below PPO's 28.
   A2C, one Adam step per batch, stayed near 5.5 on Breakout in every setting
   tried (2-10 M steps), so the MinAtar presets are NPG's. The MinAtar rows
-  have one or two seeds: 10 M steps of NPG take 30-60 minutes a seed on 2
+  have one seed each: 10 M steps of NPG take 16-50 minutes a seed on 2
   cores.
 
 {figures}
