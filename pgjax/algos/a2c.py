@@ -78,10 +78,17 @@ def _q_targets_fn(policy, critic, block_rows: int, backend: Backend):
     return q_targets
 
 
+def _joint_critic_step(config: TrainConfig) -> bool:
+    """Whether the critic's one step per rollout shares the actor's blocked
+    pass (one epoch of one minibatch); more steps fit it on its own after the
+    actor's step, and linear-q takes TD steps."""
+    epochs, minibatches = critic_fit(config)
+    return epochs * minibatches == 1 and config.critic != "linear-q"
+
+
 def _critic_step_fn(
     config: TrainConfig,
     critic_prediction,
-    joint: bool,
     block_rows: int,
     backend: Backend,
 ):
@@ -89,8 +96,8 @@ def _critic_step_fn(
     ``(agent, critic_params, grads, batch, targets, key, lr, hyper)
     -> (critic_params, critic_opt, metrics)``.
 
-    ``joint``: one Adam step on the gradient the actor's pass already took
-    (``grads["critic"]``). ``--critic linear-q``: TD(0) steps. Otherwise
+    :func:`_joint_critic_step`: one Adam step on the gradient the actor's pass
+    already took (``grads["critic"]``). ``--critic linear-q``: TD(0) steps. Otherwise
     :func:`pgjax.algos.critic.fit_critic`'s epochs of minibatches.
     """
     epochs, minibatches = critic_fit(config)
@@ -135,7 +142,7 @@ def _critic_step_fn(
         metrics = {"value_loss": value_loss, "critic_grad_norm": grad_norm}
         return critic_params, critic_opt, metrics
 
-    if joint:
+    if _joint_critic_step(config):
         return joint_step
     return td_step if config.critic == "linear-q" else fitted_step
 
@@ -170,10 +177,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
     if linear_q_critic:
         # Q_w(s, a) for the actor, and what TD(0) reads for the critic.
         targets_fn = linear_q.make_targets(policy, critic, block_rows, backend)
-    # One critic step per rollout shares the actor's blocked pass; more steps
-    # (minibatches, epochs) fit the critic on its own after the actor's step.
-    critic_epochs, critic_minibatches = critic_fit(config)
-    joint_critic_step = critic_epochs * critic_minibatches == 1 and not linear_q_critic
+    joint_critic_step = _joint_critic_step(config)
 
     def critic_prediction(critic_params, obs, action):
         if not q_critic:
@@ -182,9 +186,7 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         one_hot = jax.nn.one_hot(action, q_values.shape[-1], dtype=q_values.dtype)
         return jnp.sum(one_hot * q_values, axis=-1)
 
-    critic_step = _critic_step_fn(
-        config, critic_prediction, joint_critic_step, block_rows, backend
-    )
+    critic_step = _critic_step_fn(config, critic_prediction, block_rows, backend)
 
     def make_block_loss(hyper: Hyperparams, count: int):
         """Loss of one block of rows; block losses sum to the batch loss."""
