@@ -897,13 +897,14 @@ def test_kl_limited_step_backtracks_to_the_first_fraction_within_the_limit():
     assert not bool(info.accepted) and int(info.backtracks) == 3
 
 
-def test_npg_kl_guard_keeps_each_steps_measured_kl_within_the_guard():
+@pytest.mark.parametrize("algo", ["npg", "nac"])
+def test_kl_guard_keeps_each_steps_measured_kl_within_the_guard(algo):
     from pgjax import train
     from pgjax.config import Hyperparams, TrainConfig
 
     def measured(kl_guard):
         config = TrainConfig(
-            algo="npg",
+            algo=algo,
             env="CartPole-v1",
             num_envs=16,
             num_steps=16,

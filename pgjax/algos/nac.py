@@ -47,8 +47,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from pgjax import compatible, natural, parallel, value_norm
-from pgjax.algos import base
+from pgjax import compatible, natural, parallel
+from pgjax.algos import base, natural_pg
 from pgjax.algos.natural_pg import NaturalStep, make_natural_phases
 from pgjax.backend import Backend
 from pgjax.config import ConfigError, Hyperparams, TrainConfig
@@ -57,21 +57,7 @@ from pgjax.networks import Policy
 
 Array = jax.Array
 
-METRICS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "grad_norm",
-    "kl",
-    "cg_residual",
-    "cg_iterations",
-    "xfx",
-    "step_norm",
-    "compatible_r2",
-    "accepted",
-    "learning_rate",
-    "value_scale",
-)
+METRICS = (*natural_pg.METRICS, "compatible_r2")
 
 
 @struct.dataclass
@@ -265,23 +251,17 @@ def make_nac(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
             critic_opt=critic.critic_opt,
             value_stats=targets.value_stats,
         )
-        return agent, {
-            "policy_loss": -gradient.objective,
-            "value_loss": critic.value_loss,
-            "entropy": gradient.entropy,
-            "grad_norm": base.global_norm(gradient.grads),
-            "kl": policy.kl,
-            "cg_residual": step.info.cg_residual,
-            "cg_iterations": step.info.cg_iterations.astype(jnp.float32),
-            "xfx": step.info.xfx,
-            "step_norm": step.info.step_norm,
-            "compatible_r2": fit.r2,
-            "accepted": policy.accepted.astype(jnp.float32),
-            "learning_rate": base.learning_rate(
-                hyper.critic_lr, progress, config.anneal_lr
-            ),
-            "value_scale": value_norm.statistics(agent.value_stats)[1],
-        }
+        metrics = natural_pg.update_metrics(
+            config,
+            gradient,
+            step.info,
+            policy,
+            critic,
+            agent.value_stats,
+            hyper,
+            progress,
+        )
+        return agent, {**metrics, "compatible_r2": fit.r2}
 
     return base.Algorithm(
         name="nac",

@@ -547,6 +547,41 @@ def make_natural_phases(
     )
 
 
+def update_metrics(
+    config: TrainConfig,
+    gradient: PolicyGradient,
+    step_info: natural.NaturalStepInfo,
+    policy: PolicyStep,
+    fit: CriticFit,
+    value_stats: value_norm.ValueNormState,
+    hyper,
+    progress: Array,
+) -> dict[str, Array]:
+    """One update's :data:`METRICS`, from what its phases returned.
+
+    Shared by npg, trpo and nac, whose updates differ only in how the natural
+    direction is found. ``step_norm`` is the length of the step applied:
+    ``‖Δθ‖`` times the fraction the line search or KL guard kept.
+    """
+    return {
+        "policy_loss": -gradient.objective,
+        "value_loss": fit.value_loss,
+        "entropy": gradient.entropy,
+        "grad_norm": base.global_norm(gradient.grads),
+        "kl": policy.kl,
+        "cg_residual": step_info.cg_residual,
+        "cg_iterations": step_info.cg_iterations.astype(jnp.float32),
+        "xfx": step_info.xfx,
+        "step_norm": policy.step_fraction * step_info.step_norm,
+        "backtracks": policy.backtracks.astype(jnp.float32),
+        "accepted": policy.accepted.astype(jnp.float32),
+        "learning_rate": base.learning_rate(
+            hyper.critic_lr, progress, config.anneal_lr
+        ),
+        "value_scale": value_norm.statistics(value_stats)[1],
+    }
+
+
 def _make_natural(
     config: TrainConfig, spec: EnvSpec, backend: Backend, line_search: bool
 ) -> base.Algorithm:
@@ -565,23 +600,9 @@ def _make_natural(
             critic_opt=fit.critic_opt,
             value_stats=targets.value_stats,
         )
-        return agent, {
-            "policy_loss": -gradient.objective,
-            "value_loss": fit.value_loss,
-            "entropy": gradient.entropy,
-            "grad_norm": base.global_norm(gradient.grads),
-            "kl": policy.kl,
-            "cg_residual": step.info.cg_residual,
-            "cg_iterations": step.info.cg_iterations.astype(jnp.float32),
-            "xfx": step.info.xfx,
-            "step_norm": policy.step_fraction * step.info.step_norm,
-            "backtracks": policy.backtracks.astype(jnp.float32),
-            "accepted": policy.accepted.astype(jnp.float32),
-            "learning_rate": base.learning_rate(
-                hyper.critic_lr, progress, config.anneal_lr
-            ),
-            "value_scale": value_norm.statistics(agent.value_stats)[1],
-        }
+        return agent, update_metrics(
+            config, gradient, step.info, policy, fit, agent.value_stats, hyper, progress
+        )
 
     return base.Algorithm(
         name="trpo" if line_search else "npg",
