@@ -297,13 +297,41 @@ def _rows(num_seeds: int, sweep: dict[str, list]) -> int:
     return num_seeds * math.prod(len(values) for values in sweep.values())
 
 
+class _Refused(Exception):
+    """A run that must not start (or ends) with one line for the user and an
+    exit code: raised by the steps of :func:`_train_main`, printed by
+    :func:`train_main`."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
 def _train_main(argv: list[str] | None, start_time: float) -> int:
+    """Parse, join the cluster, resolve and check the settings and the run
+    folder (all before touching the disk), then train and print the result."""
     args = build_parser().parse_args(argv)
-    # First of all: joining the other processes must precede JAX's backends.
+    try:
+        _join_cluster(args)
+        config, sweep = _settings(args)
+        run_dir = _checked_run_dir(args, config)
+        result = _run(args, config, sweep, run_dir, start_time)
+    except _Refused as refusal:
+        return fail(str(refusal), refusal.code)
+    if result.signum is not None:
+        return 128 + result.signum
+    _print_result(config, sweep, result.summary, run_dir)
+    return 0
+
+
+def _join_cluster(args: argparse.Namespace) -> None:
+    """Joins the other processes of a multi-process run, then picks the CPU
+    devices to split the run over: both must precede JAX's backends, which
+    importing pgjax.runner (through gymnax) starts."""
     from pgjax import distributed
 
     if args.cluster_timeout <= 0:
-        return fail(f"--cluster-timeout: must be > 0, got {args.cluster_timeout}")
+        raise _Refused(f"--cluster-timeout: must be > 0, got {args.cluster_timeout}")
     try:
         several = distributed.initialize(
             args.coordinator,
@@ -313,73 +341,84 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
             heartbeat_timeout_s=args.cluster_timeout,
         )
     except distributed.ClusterError as error:
-        return fail(f"{error.flag}: {error}")
+        raise _Refused(f"{error.flag}: {error}") from None
     if several and args.run_dir is None:
-        return fail(
+        raise _Refused(
             "--run-dir: a run of several processes needs one, the same "
             "folder on every process (a shared file system)"
         )
-    # Before JAX starts its backends (importing pgjax.runner does, through
-    # gymnax): on a CPU, the JAX devices to split the run across, as many as
-    # the batch keeps busy, up to one per core (pgjax.hardware).
+    # On a CPU, as many JAX devices as the batch keeps busy, up to one per
+    # core.
     from pgjax import hardware
 
     hardware.prepare_devices(*_run_shape(args), _devices(args))
-    if args.resume:
-        if args.run_dir is None:
-            return fail("--resume: needs --run-dir, the run folder to continue")
-        from pgjax import runner
 
-        try:
-            saved, saved_sweep = runner.load_run_config(args.run_dir)
-            given, given_sweep = _given(args)
-            config = dataclasses.replace(saved, **given)
-            sweep = {**saved_sweep, **given_sweep}
-            for name in saved_sweep:
-                if name in given and name not in given_sweep:
-                    sweep[name] = [given[name]]  # one value for a swept name
-            runner.check_resumable(saved, saved_sweep, config, sweep)
-        except runner.RunFolderError as error:
-            return fail(str(error))
-    else:
-        config = resolve_config(args)
-        sweep = resolve_sweep(args)
+
+def _settings(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, list]]:
+    """The run's config and sweep: defaults < preset < flags for a new run; the
+    saved ones with the given flags for ``--resume``, which must not change
+    the computation. Validated, and the trainer built once to check them."""
+    from pgjax import runner, train
+
     try:
+        if args.resume:
+            config, sweep = _resumed_settings(args)
+        else:
+            config, sweep = resolve_config(args), resolve_sweep(args)
         validate(config)
         validate_sweep(config, sweep)
-    except ConfigError as error:
-        return fail(str(error))
-
-    # Build (and so check) everything before touching the disk.
-    from pgjax import train
-
-    try:
         train.make_train(config)
-    except ConfigError as error:
-        return fail(str(error))
-
-    from pgjax import runner
-
+    except (ConfigError, runner.RunFolderError) as error:
+        raise _Refused(str(error)) from None
     if config.tensorboard and not runner.tensorboard_available():
-        return fail(
+        raise _Refused(
             "--tensorboard: needs tensorboardX: pip install 'pgjax[tensorboard]'"
         )
+    return config, sweep
+
+
+def _resumed_settings(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """The saved config and sweep of ``--run-dir``, with the flags given now."""
+    from pgjax import runner
+
+    if args.run_dir is None:
+        raise _Refused("--resume: needs --run-dir, the run folder to continue")
+    saved, saved_sweep = runner.load_run_config(args.run_dir)
+    given, given_sweep = _given(args)
+    config = dataclasses.replace(saved, **given)
+    sweep = {**saved_sweep, **given_sweep}
+    for name in saved_sweep:
+        if name in given and name not in given_sweep:
+            sweep[name] = [given[name]]  # one value for a swept name
+    runner.check_resumable(saved, saved_sweep, config, sweep)
+    return config, sweep
+
+
+def _checked_run_dir(args: argparse.Namespace, config: TrainConfig) -> Path:
+    """``--run-dir`` (or a fresh default): empty unless resuming, and not
+    under a file. Every process checks before any creates it."""
+    from pgjax import distributed
 
     run_dir = args.run_dir or default_run_dir(config)
     if not args.resume and (
         run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir()))
     ):
-        return fail(
+        raise _Refused(
             f"--run-dir: {run_dir} exists and is not empty "
             f"(add --resume to continue the run in it)"
         )
-
     blocking_file = next((p for p in run_dir.parents if p.is_file()), None)
     if blocking_file is not None:
-        return fail(f"--run-dir: {blocking_file} is a file, not a folder")
-
-    # Every process has checked the folder before any creates it.
+        raise _Refused(f"--run-dir: {blocking_file} is a file, not a folder")
     distributed.barrier("pgjax-checked")
+    return run_dir
+
+
+def _run(args, config: TrainConfig, sweep: dict, run_dir: Path, start_time: float):
+    """Trains (pgjax.runner.run) with the compile cache ``--compile-cache``
+    names; a failure the runner reports becomes a :class:`_Refused`."""
+    from pgjax import runner
+
     if args.compile_cache != "off":
         from pgjax import compilation
 
@@ -387,9 +426,11 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
         try:
             compilation.enable_persistent_cache(cache_dir)
         except OSError as error:
-            return fail(f"--compile-cache: cannot use {cache_dir}: {error}")
+            raise _Refused(
+                f"--compile-cache: cannot use {cache_dir}: {error}"
+            ) from None
     try:
-        result = runner.run(
+        return runner.run(
             config,
             run_dir,
             start_time=start_time,
@@ -398,12 +439,13 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
             sweep=sweep,
         )
     except runner.RunFolderError as error:
-        return fail(str(error))
+        raise _Refused(str(error)) from None
     except (runner.NonFiniteError, runner.CheckpointError) as error:
-        return fail(str(error), EXIT_FAILED)
-    if result.signum is not None:
-        return 128 + result.signum
-    summary = result.summary
+        raise _Refused(str(error), EXIT_FAILED) from None
+
+
+def _print_result(config: TrainConfig, sweep: dict, summary: dict, run_dir: Path):
+    """The run's one-line result, a line per swept configuration, the folder."""
     per_seed = ", ".join(f"{x:.1f}" for x in summary["eval_return_per_seed"])
     print(
         f"{config.algo} on {config.env}: eval_return {summary['eval_return']:.1f} "
@@ -422,4 +464,3 @@ def _train_main(argv: list[str] | None, start_time: float) -> int:
             f"{entry['eval_return']:.1f}"
         )
     print(f"run folder: {run_dir}")
-    return 0
