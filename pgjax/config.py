@@ -145,6 +145,13 @@ class TrainConfig:
         "KL far exceeds the quadratic model's once the policy is nearly "
         "deterministic (0 = off: the step as is)",
     )
+    anneal_kl: bool = _field(
+        False,
+        "npg/trpo/nac: shrink the step linearly to 0 over training, as "
+        "--anneal-lr does a learning rate: max-kl·(1 − progress) (natural-lr· "
+        "(1 − progress) with --natural-step fixed), so that a nearly "
+        "deterministic policy settles instead of moving by max-kl every update",
+    )
     critic_epochs: int = _field(
         0,
         "critic regression epochs (passes over the batch) per update "
@@ -394,6 +401,11 @@ def validate(config: TrainConfig) -> None:
     need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
     need(config.natural_lr > 0, "natural_lr", "> 0")
     need(config.kl_guard >= 0, "kl_guard", ">= 0 (0 = off)")
+    need(
+        not config.anneal_kl or config.algo in ("npg", "trpo", "nac"),
+        "anneal_kl",
+        "only with --algo npg, trpo or nac (the others anneal with --anneal-lr)",
+    )
     need(
         config.kl_guard == 0 or config.algo in ("npg", "nac"),
         "kl_guard",

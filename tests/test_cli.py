@@ -375,6 +375,7 @@ BAD_INPUTS = [
     ),
     (["--algo", "trpo", "--kl-guard", "2"], "--kl-guard"),
     (["--algo", "npg", "--kl-guard", "-1"], "--kl-guard"),
+    (["--algo", "a2c", "--anneal-kl"], "--anneal-kl"),
     (["--compile-cache", "/dev/null/cache"], "--compile-cache"),
     (["--devices", "-1"], "--devices"),
     (["--devices", "two"], "--devices"),

@@ -927,3 +927,46 @@ def test_kl_guard_keeps_each_steps_measured_kl_within_the_guard(algo):
     guarded = measured(0.2)
     assert all(kl <= 0.1 for kl, _ in guarded)
     assert any(backtracks > 0 for _, backtracks in guarded)
+
+
+@pytest.mark.parametrize(
+    "algo, natural_step",
+    [("npg", "kl"), ("trpo", "kl"), ("nac", "kl"), ("npg", "fixed")],
+)
+def test_anneal_kl_is_the_step_size_times_the_remaining_fraction(algo, natural_step):
+    """An update at progress p with --anneal-kl is, bit for bit, the update
+    without it at max_kl·(1 − p) and natural_lr·(1 − p); at p = 0 it is the
+    unannealed update, and at p = 0.75 it moves the policy less."""
+    from pgjax.backend import IDENTITY
+    from pgjax.config import TrainConfig
+    from pgjax.train import make_train
+
+    def configured(anneal_kl):
+        return TrainConfig(
+            algo=algo,
+            natural_step=natural_step,
+            anneal_kl=anneal_kl,
+            num_envs=8,
+            num_steps=8,
+            hidden=(8,),
+        )
+
+    annealed = make_train(configured(True), IDENTITY)
+    plain = make_train(configured(False), IDENTITY)
+    state = annealed.init(jax.random.PRNGKey(0))
+    agent, hyper = state.agent, state.hyper
+    _, batch, _ = annealed.algorithm.collect(agent, state.env, state.key, hyper)
+    key = jax.random.PRNGKey(1)
+
+    def moved(trainer, hyper, progress):
+        new, _ = jax.jit(trainer.algorithm.update)(agent, batch, key, hyper, progress)
+        return ravel_pytree(new.actor)[0] - ravel_pytree(agent.actor)[0]
+
+    shrunk = hyper.replace(
+        max_kl=hyper.max_kl * 0.25, natural_lr=hyper.natural_lr * 0.25
+    )
+    late = moved(annealed, hyper, jnp.float32(0.75))
+    np.testing.assert_array_equal(late, moved(plain, shrunk, jnp.float32(0.75)))
+    start = moved(annealed, hyper, jnp.float32(0.0))
+    np.testing.assert_array_equal(start, moved(plain, hyper, jnp.float32(0.0)))
+    assert 0 < float(jnp.linalg.norm(late)) < 0.9 * float(jnp.linalg.norm(start))

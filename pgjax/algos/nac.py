@@ -235,6 +235,7 @@ def make_nac(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         return NaturalStep(step, info, kl_obs, kl_old), fit
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
+        hyper = natural_pg.annealed_step_size(config, hyper, progress)
         actor = agent.actor
         targets = phases.targets(agent, batch, hyper)
         # ĝ (the surrogate's gradient at θ_old, with no entropy term), the

@@ -547,6 +547,25 @@ def make_natural_phases(
     )
 
 
+def annealed_step_size(config: TrainConfig, hyper, progress: Array):
+    """``hyper`` with the natural step's size shrunk for ``--anneal-kl``:
+    ``max_kl·(1 − progress)`` and ``natural_lr·(1 − progress)``, progress
+    being the fraction of ``--total-timesteps`` collected before this update
+    (< 1, so the step never vanishes). Without it, ``hyper`` as it is.
+
+    A KL-scaled step moves the policy by ``max_kl`` every update however
+    little signal the batch holds; once the policy is nearly deterministic,
+    that keeps switching it between behaviours. Shrinking the step lets it
+    settle, as an annealed learning rate does for the first-order methods.
+    """
+    if not config.anneal_kl:
+        return hyper
+    remaining = 1.0 - progress
+    return hyper.replace(
+        max_kl=hyper.max_kl * remaining, natural_lr=hyper.natural_lr * remaining
+    )
+
+
 def update_metrics(
     config: TrainConfig,
     gradient: PolicyGradient,
@@ -588,6 +607,7 @@ def _make_natural(
     phases = make_natural_phases(config, spec, backend, line_search)
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
+        hyper = annealed_step_size(config, hyper, progress)
         actor = agent.actor
         targets = phases.targets(agent, batch, hyper)
         gradient = phases.policy_gradient(actor, batch, targets, hyper)
