@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -840,18 +841,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.devices < 0:
-        parser.error("--devices: must be >= 0 (0 = one per core)")
-    # Run as a script, the device count was set before JAX started (above);
-    # called in-process, the first --devices of the devices JAX has.
-    local = jax.local_device_count()
-    if args.devices > local:
-        parser.error(f"--devices {args.devices}: this process has {local}")
-    devices = hardware.run_devices(args.devices)
-    skip = set(filter(None, args.skip.split(",")))
-    algos = [a for a in args.algos.split(",") if a]
+    """Measures the sections not skipped, in order, rewriting NAME.json after
+    each section and each algorithm (a killed run keeps what it measured),
+    and draws the plots. Returns 0; a bad ``--devices`` exits with code 2."""
+    args, devices = parse_args(argv)
+    skip = set(comma_list(args.skip))
+    algos = comma_list(args.algos)
     args.out.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0]
     cores = cpu.usable_cores()
@@ -861,7 +856,80 @@ def main(argv=None) -> int:
     )
     json_path = args.out / f"{stem}.json"
     command = sys.argv[1:] if argv is None else list(argv)
-    report: dict = {
+    report = report_header(args, command, algos, devices, device, cores, today)
+
+    def save() -> None:
+        json_path.write_text(json.dumps(report, indent=2))
+
+    if "ceiling" not in skip:
+        report["ceiling"] = measure_ceiling(args)
+    reference = None
+    if "reference" not in skip:
+        reference, report["reference_a2c"] = measure_reference(args)
+    save()
+    if "algorithms" not in skip:
+        measure_algorithms(args, algos, reference, devices, report, save)
+    speed_path = args.out / f"{stem}-speed.png"
+    if "scaling" not in skip and args.scaling_envs:
+        with_reference = "reference" not in skip
+        measure_scaling_envs(args, algos, with_reference, devices, report, save)
+        measure_scaling_seeds(args, algos, devices, report, save)
+        plot_speed(report, speed_path)
+        log(f"wrote {speed_path}")
+    else:
+        log(f"speed plot: skipped with the scaling section ({speed_path})")
+    if "solve" not in skip and args.env in SOLVED:
+        measure_solve(args, algos, report, save)
+    draw_solve_plot(report, args.out / f"{stem}-solve.png")
+    save()
+    log(f"wrote {json_path}")
+    return 0
+
+
+def parse_args(argv) -> tuple[argparse.Namespace, list]:
+    """The command line's arguments and the devices its measurements split the
+    envs across; a ``--devices`` below 0 or above this process's devices
+    ends with one line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.devices < 0:
+        parser.error("--devices: must be >= 0 (0 = one per core)")
+    # Run as a script, the device count was set before JAX started (above);
+    # called in-process, the first --devices of the devices JAX has.
+    local = jax.local_device_count()
+    if args.devices > local:
+        parser.error(f"--devices {args.devices}: this process has {local}")
+    return args, hardware.run_devices(args.devices)
+
+
+def comma_list(text: str) -> list[str]:
+    """The non-empty items of a comma-separated flag (``"a2c,,npg"`` → two)."""
+    return [item for item in text.split(",") if item]
+
+
+def comma_ints(text: str) -> list[int]:
+    """The integers of a comma-separated flag (a ValueError on any other)."""
+    return [int(item) for item in comma_list(text)]
+
+
+def log(message: str) -> None:
+    """Prints a line of progress at once (a benchmark runs for long)."""
+    print(message, flush=True)
+
+
+def report_header(
+    args: argparse.Namespace,
+    command: list[str],
+    algos: list[str],
+    devices: list,
+    device,
+    cores: int,
+    today: datetime.date,
+) -> dict:
+    """The report's first keys: what was measured, where and how (the env,
+    date, commit, machine, versions, workload and command line), and each
+    algorithm's XLA options for its chunk (none off a CPU)."""
+    return {
         "env": args.env,
         "date": today.isoformat(),
         "commit": git_commit(),
@@ -884,167 +952,236 @@ def main(argv=None) -> int:
         },
     }
 
-    def log(message):
-        print(message, flush=True)
 
-    def save():
-        json_path.write_text(json.dumps(report, indent=2))
+def measure_ceiling(args: argparse.Namespace) -> dict:
+    """The ceiling section: env steps/s with random actions at --num-envs, over
+    as many steps as an algorithm's chunk (:func:`bench_ceiling`)."""
+    ceiling = bench_ceiling(
+        args.env, args.num_envs, args.num_steps * args.updates, args.repeats
+    )
+    log(f"ceiling: {ceiling['steps_per_second']:,.0f} steps/s")
+    return ceiling
 
-    if "ceiling" not in skip:
-        report["ceiling"] = bench_ceiling(
-            args.env, args.num_envs, args.num_steps * args.updates, args.repeats
+
+def measure_reference(args: argparse.Namespace) -> tuple[Reference, dict]:
+    """The reference section: the reference A2C compiled at --num-envs ×
+    --num-steps, kept for the algorithms section to time in alternation,
+    and its figures (:func:`bench_reference`)."""
+    reference = make_reference(args.env, args.num_envs, args.num_steps, args.updates)
+    result = bench_reference(reference, args.repeats)
+    log(f"reference a2c: {result['steps_per_second']:,.0f} steps/s")
+    return reference, result
+
+
+def measure_algorithms(
+    args: argparse.Namespace,
+    algos: list[str],
+    reference: Reference | None,
+    devices: list,
+    report: dict,
+    save: Callable[[], None],
+) -> None:
+    """The algorithms section: fills ``report["algorithms"]`` with each
+    algorithm's :func:`bench_algorithm_and_preset`, saving after each."""
+    report["algorithms"] = {}
+    for algo in algos:
+        result = bench_algorithm_and_preset(args, algo, reference, devices)
+        report["algorithms"][algo] = result
+        log(algorithm_line(algo, result))
+        if "learn_phase_seconds_per_update" in result:
+            log(phase_line(algo, result))
+        save()
+
+
+def bench_algorithm_and_preset(
+    args: argparse.Namespace, algo: str, reference: Reference | None, devices: list
+) -> dict:
+    """:func:`bench_algorithm` of ``algo`` on the reference's workload
+    (--num-envs × --num-steps), timed in alternation with ``reference``:
+    the ratio reported. Under ``"preset"``, the same at the preset's own
+    num_steps, which is what users run, where that differs (REINFORCE
+    excepted)."""
+    config = config_for(algo, args.env, args.num_envs, args.num_steps)
+    result = bench_algorithm(config, args.updates, args.repeats, reference, devices)
+    preset_config = config_for(algo, args.env, args.num_envs, None)
+    if preset_config.num_steps != config.num_steps and algo != "reinforce":
+        result["preset"] = bench_algorithm(
+            preset_config, args.updates, args.repeats, devices=devices
         )
-        log(f"ceiling: {report['ceiling']['steps_per_second']:,.0f} steps/s")
-    reference = None
-    if "reference" not in skip:
-        reference = make_reference(
-            args.env, args.num_envs, args.num_steps, args.updates
+    return result
+
+
+def algorithm_line(algo: str, result: dict) -> str:
+    """The algorithms section's line of ``algo``: steps/s, compile seconds (and
+    their ratio to the reference's), kernels, the rollout's share of an
+    update, the speed's ratio to the reference, and the devices where
+    train.py would split the envs across another number."""
+    line = (
+        f"{algo}: {result['steps_per_second']:,.0f} steps/s, compile "
+        f"{result['compile_seconds']:.2f}s"
+    )
+    if "compile_vs_reference" in result:
+        line += f" ({result['compile_vs_reference']:.2f}x the reference's)"
+    line += (
+        f", {result['fused_kernels']} kernels, rollout "
+        f"{result['rollout_fraction']:.0%} of an update"
+    )
+    if "ratio_to_reference" in result:
+        line += f", {result['ratio_to_reference']:.2f}x reference"
+    if result["env_shards"] != result["train_py_env_shards"]:
+        line += (
+            f" (on {result['env_shards']} devices; train.py runs it on "
+            f"{result['train_py_env_shards']}: see --devices)"
         )
-        report["reference_a2c"] = bench_reference(reference, args.repeats)
+    return line
+
+
+def phase_line(algo: str, result: dict) -> str:
+    """NPG/TRPO's milliseconds per update of the rollout and of each phase of
+    the learning step, from a result with ``learn_phase_seconds_per_update``."""
+    split = result["learn_phase_seconds_per_update"]
+    return (
+        f"  {algo} learning step (ms): rollout "
+        f"{1000 * result['rollout_seconds_per_update']:.1f}, "
+        + ", ".join(f"{k} {1000 * v:.1f}" for k, v in split.items())
+    )
+
+
+def measure_scaling_envs(
+    args: argparse.Namespace,
+    algos: list[str],
+    with_reference: bool,
+    devices: list,
+    report: dict,
+    save: Callable[[], None],
+) -> None:
+    """The scaling section against num_envs: fills ``report["scaling_envs"]``
+    with a list of rows per line of the speed plot (the ceiling, the
+    reference unless ``with_reference`` is false, each algorithm), a row per
+    --scaling-envs size, saving after each size."""
+    sizes = comma_ints(args.scaling_envs)
+    scaling = {"ceiling": []}
+    if with_reference:
+        scaling["reference_a2c"] = []
+    scaling.update({algo: [] for algo in algos})
+    report["scaling_envs"] = scaling
+    for num_envs in sizes:
+        measure_scaling_size(args, num_envs, algos, with_reference, devices, scaling)
+        save()
+
+
+def measure_scaling_size(
+    args: argparse.Namespace,
+    num_envs: int,
+    algos: list[str],
+    with_reference: bool,
+    devices: list,
+    scaling: dict,
+) -> None:
+    """Appends to ``scaling``'s lists their rows at ``num_envs``. The reference
+    (one per size, each algorithm timed in alternation with it as in the
+    algorithms section) lives only while this runs, since at 65536 envs it
+    holds GBs."""
+    ceiling = bench_ceiling(args.env, num_envs, args.num_steps * args.updates, 3)
+    scaling["ceiling"].append({"num_envs": num_envs, **ceiling})
+    log(f"ceiling @ {num_envs}: {ceiling['steps_per_second']:,.0f}")
+    sized = (
+        make_reference(args.env, num_envs, args.num_steps, args.updates)
+        if with_reference
+        else None
+    )
+    for algo in algos:
+        config = config_for(algo, args.env, num_envs, args.num_steps)
+        row = bench_algorithm(config, args.updates, 3, sized, devices)
+        scaling[algo].append(row)
+        ratio = (
+            f" ({row['ratio_to_reference']:.2f}x reference)"
+            if "ratio_to_reference" in row
+            else ""
+        )
+        log(f"{algo} @ {num_envs}: {row['steps_per_second']:,.0f}{ratio}")
+    if sized is not None:
+        paired = [scaling[a][-1]["reference_steps_per_second"] for a in algos]
+        scaling["reference_a2c"].append(sized_reference_row(sized, num_envs, paired))
         log(
-            f"reference a2c: {report['reference_a2c']['steps_per_second']:,.0f} steps/s"
+            f"reference a2c @ {num_envs}: "
+            f"{scaling['reference_a2c'][-1]['steps_per_second']:,.0f}"
         )
-    save()
-    if "algorithms" not in skip:
-        report["algorithms"] = {}
-        for algo in algos:
-            # Same workload as the reference (num_envs x num_steps), timed in
-            # alternation with it: the ratio reported.
-            config = config_for(algo, args.env, args.num_envs, args.num_steps)
-            result = bench_algorithm(
-                config, args.updates, args.repeats, reference, devices
+
+
+def sized_reference_row(
+    reference: Reference, num_envs: int, paired: list[float]
+) -> dict:
+    """The reference's scaling row at ``num_envs``: its speed is the median of
+    its speeds ``paired`` with each algorithm, or (no algorithm to pair with)
+    of one timing alone."""
+    if not paired:
+        paired = [bench_reference(reference, 3)["steps_per_second"]]
+    return {
+        "num_envs": num_envs,
+        "steps_per_second": statistics.median(paired),
+        "steps_per_second_in_pairs": paired,
+        "compile_seconds": reference.compile_seconds,
+        "memory_bytes": memory_bytes(reference.executable),
+    }
+
+
+def measure_scaling_seeds(
+    args: argparse.Namespace,
+    algos: list[str],
+    devices: list,
+    report: dict,
+    save: Callable[[], None],
+) -> None:
+    """The scaling section against the seeds: fills ``report["scaling_seeds"]``
+    with each algorithm's rows at --num-envs, one per --scaling-seeds count,
+    saving after each algorithm."""
+    report["scaling_seeds"] = {}
+    for algo in algos:
+        rows = []
+        for s in comma_ints(args.scaling_seeds):
+            config = config_for(
+                algo, args.env, args.num_envs, args.num_steps, num_seeds=s
             )
-            # And the preset's own shape, which is what users run.
-            preset_config = config_for(algo, args.env, args.num_envs, None)
-            if preset_config.num_steps != config.num_steps and algo != "reinforce":
-                result["preset"] = bench_algorithm(
-                    preset_config, args.updates, args.repeats, devices=devices
-                )
-            report["algorithms"][algo] = result
-            log(
-                f"{algo}: {result['steps_per_second']:,.0f} steps/s, compile "
-                f"{result['compile_seconds']:.2f}s"
-                + (
-                    f" ({result['compile_vs_reference']:.2f}x the reference's)"
-                    if "compile_vs_reference" in result
-                    else ""
-                )
-                + f", {result['fused_kernels']} kernels, rollout "
-                f"{result['rollout_fraction']:.0%} of an update"
-                + (
-                    f", {result['ratio_to_reference']:.2f}x reference"
-                    if "ratio_to_reference" in result
-                    else ""
-                )
-                + (
-                    f" (on {result['env_shards']} devices; train.py runs it on "
-                    f"{result['train_py_env_shards']}: see --devices)"
-                    if result["env_shards"] != result["train_py_env_shards"]
-                    else ""
-                )
-            )
-            if "learn_phase_seconds_per_update" in result:
-                split = result["learn_phase_seconds_per_update"]
-                log(
-                    f"  {algo} learning step (ms): rollout "
-                    f"{1000 * result['rollout_seconds_per_update']:.1f}, "
-                    + ", ".join(f"{k} {1000 * v:.1f}" for k, v in split.items())
-                )
-            save()
-    speed_path = args.out / f"{stem}-speed.png"
-    if "scaling" not in skip and args.scaling_envs:
-        sizes = [int(x) for x in args.scaling_envs.split(",") if x]
-        with_reference = "reference" not in skip
-        scaling = {"ceiling": []}
-        if with_reference:
-            scaling["reference_a2c"] = []
-        scaling.update({algo: [] for algo in algos})
-        report["scaling_envs"] = scaling
-        for n in sizes:
-            ceiling = bench_ceiling(args.env, n, args.num_steps * args.updates, 3)
-            scaling["ceiling"].append({"num_envs": n, **ceiling})
-            log(f"ceiling @ {n}: {ceiling['steps_per_second']:,.0f}")
-            # One reference per num_envs, each algorithm timed in alternation
-            # with it (as in the algorithms section); built and dropped per
-            # size, since at 65536 envs it holds GBs.
-            sized = (
-                make_reference(args.env, n, args.num_steps, args.updates)
-                if with_reference
-                else None
-            )
-            for algo in algos:
-                config = config_for(algo, args.env, n, args.num_steps)
-                row = bench_algorithm(config, args.updates, 3, sized, devices)
-                scaling[algo].append(row)
-                log(
-                    f"{algo} @ {n}: {row['steps_per_second']:,.0f}"
-                    + (
-                        f" ({row['ratio_to_reference']:.2f}x reference)"
-                        if "ratio_to_reference" in row
-                        else ""
-                    )
-                )
-            if sized is not None:
-                # Its speed in each algorithm's pairs: the median of those.
-                paired = [scaling[a][-1]["reference_steps_per_second"] for a in algos]
-                if not paired:  # no algorithm to pair with: timed alone
-                    paired = [bench_reference(sized, 3)["steps_per_second"]]
-                scaling["reference_a2c"].append(
-                    {
-                        "num_envs": n,
-                        "steps_per_second": statistics.median(paired),
-                        "steps_per_second_in_pairs": paired,
-                        "compile_seconds": sized.compile_seconds,
-                        "memory_bytes": memory_bytes(sized.executable),
-                    }
-                )
-                log(
-                    f"reference a2c @ {n}: "
-                    f"{scaling['reference_a2c'][-1]['steps_per_second']:,.0f}"
-                )
-            del sized
-            save()
-        report["scaling_seeds"] = {}
-        for algo in algos:
-            rows = []
-            for s in [int(x) for x in args.scaling_seeds.split(",") if x]:
-                config = config_for(
-                    algo, args.env, args.num_envs, args.num_steps, num_seeds=s
-                )
-                rows.append(bench_algorithm(config, args.updates, 3, devices=devices))
-                log(f"{algo} x {s} seeds: {rows[-1]['steps_per_second']:,.0f}")
-            report["scaling_seeds"][algo] = rows
-            save()
-        plot_speed(report, speed_path)
-        log(f"wrote {speed_path}")
-    else:
-        log(f"speed plot: skipped with the scaling section ({speed_path})")
-    solve_path = args.out / f"{stem}-solve.png"
-    if "solve" not in skip and args.env in SOLVED:
-        seeds = [int(x) for x in args.solve_seeds.split(",") if x]
-        report["solve"] = {}
-        for algo in algos:
-            extra = ["--devices", str(args.devices)] if args.devices else []
-            result = bench_solve(algo, args.env, seeds, extra, cold=args.solve_cold)
-            report["solve"][algo] = result
-            log(
-                f"{algo} time to {result['threshold']}: median "
-                f"{result['median_seconds_to_threshold']} s; eval solved "
-                f"{result['solved_eval_seeds']}/{len(seeds)} seeds"
-            )
-            save()
-    if report.get("solve"):
-        alternatives = newest_alternatives()
-        plot_solve(report, solve_path, alternatives)
+            rows.append(bench_algorithm(config, args.updates, 3, devices=devices))
+            log(f"{algo} x {s} seeds: {rows[-1]['steps_per_second']:,.0f}")
+        report["scaling_seeds"][algo] = rows
+        save()
+
+
+def measure_solve(
+    args: argparse.Namespace,
+    algos: list[str],
+    report: dict,
+    save: Callable[[], None],
+) -> None:
+    """The solve section: fills ``report["solve"]`` with each algorithm's
+    :func:`bench_solve` over --solve-seeds (train.py runs get ``--devices``
+    when it is given), saving after each algorithm."""
+    seeds = comma_ints(args.solve_seeds)
+    extra = ["--devices", str(args.devices)] if args.devices else []
+    report["solve"] = {}
+    for algo in algos:
+        result = bench_solve(algo, args.env, seeds, extra, cold=args.solve_cold)
+        report["solve"][algo] = result
         log(
-            f"wrote {solve_path}"
-            + (f" (alternatives: {_shown_path(alternatives)})" if alternatives else "")
+            f"{algo} time to {result['threshold']}: median "
+            f"{result['median_seconds_to_threshold']} s; eval solved "
+            f"{result['solved_eval_seeds']}/{len(seeds)} seeds"
         )
-    else:
-        log(f"solve plot: skipped with the solve section ({solve_path})")
-    save()
-    log(f"wrote {json_path}")
-    return 0
+        save()
+
+
+def draw_solve_plot(report: dict, path: Path) -> None:
+    """Draws the solve plot to ``path`` (:func:`plot_solve`, beside the newest
+    alternatives) when the report has solve results; says so when not."""
+    if not report.get("solve"):
+        log(f"solve plot: skipped with the solve section ({path})")
+        return
+    alternatives = newest_alternatives()
+    plot_solve(report, path, alternatives)
+    shown = f" (alternatives: {_shown_path(alternatives)})" if alternatives else ""
+    log(f"wrote {path}{shown}")
 
 
 if __name__ == "__main__":

@@ -116,40 +116,95 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    """Evaluates the run folder's policy as ``args`` ask: prints each row's
+    and the overall mean ± std, writes eval.json (and ``--gif``'s episode).
+    Returns 0; raises BadInput on bad input, found before any episode runs."""
+    _check_flags(args)
+    from pgjax import runner
+
+    config, trainer, layout = _open_run(args.run_dir)
+    rows = _selected_rows(args.seed_index, layout.num_rows)
+    if args.gif is not None:
+        _check_gif_env(config.env)
+    state, step = _restore(args.run_dir, trainer, layout, args.checkpoint)
+    returns = _episode_returns(trainer, state, rows, args)
+    results = _row_results(rows, returns, layout)
+    print(_overall_line(config, step, args, returns))
+    report = _eval_report(args, step, returns, results)
+    eval_path = Path(args.run_dir) / "eval.json"
+    runner.write_json_atomic(eval_path, report)
+    if args.gif is not None:
+        gif = _render_row_gif(args, trainer, state, rows[0])
+        report["gif"] = gif
+        runner.write_json_atomic(eval_path, report)
+        print(
+            f"gif: {args.gif} (row {gif['row']}: {gif['steps']} steps, "
+            f"return {gif['return']:.2f})"
+        )
+    print(f"eval.json: {eval_path}")
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Raises BadInput for a non-positive ``--episodes`` or a ``--gif`` whose
+    name does not end in .gif: the checks that need no run folder."""
     if args.episodes <= 0:
         raise BadInput(f"--episodes: must be a positive integer, got {args.episodes}")
     if args.gif is not None and args.gif.suffix.lower() != ".gif":
         raise BadInput(f"--gif: expected a file name ending in .gif, got {args.gif}")
 
+
+def _open_run(run_dir: Path):
+    """``(config, trainer, layout)`` rebuilt from the run folder's config.json
+    (pgjax.runner.open_run); BadInput when the folder holds no run."""
+    from pgjax import runner
+
+    try:
+        return runner.open_run(run_dir)
+    except runner.RunFolderError as error:
+        raise BadInput(str(error)) from None
+
+
+def _selected_rows(seed_index: int | None, num_rows: int) -> list[int]:
+    """The state's rows to evaluate: every one, or only ``--seed-index``
+    (BadInput when out of range)."""
+    if seed_index is None:
+        return list(range(num_rows))
+    if not 0 <= seed_index < num_rows:
+        raise BadInput(f"--seed-index: must be in [0, {num_rows}), got {seed_index}")
+    return [seed_index]
+
+
+def _check_gif_env(env: str) -> None:
+    """Raises BadInput when ``--gif`` cannot draw ``env``: gymnax has no
+    visualiser for it, or it needs pygame and pygame is missing."""
+    if env not in GIF_ENVS:
+        raise BadInput(f"--gif: gymnax has no visualiser for {env}")
+    if env in CLASSIC_CONTROL and importlib.util.find_spec("pygame") is None:
+        raise BadInput(
+            f"--gif: drawing {env} needs pygame: pip install 'pgjax[render]'"
+        )
+
+
+def _restore(run_dir: Path, trainer, layout, checkpoint: int | None):
+    """``(state, step)`` of the checkpoint at step ``checkpoint`` (the newest
+    when None); BadInput when there is none such."""
+    from pgjax import runner
+
+    try:
+        return runner.restore_run(run_dir, trainer, layout, checkpoint)
+    except runner.RunFolderError as error:
+        raise BadInput(str(error)) from None
+
+
+def _episode_returns(trainer, state, rows: list[int], args: argparse.Namespace):
+    """Returns of ``--episodes`` fresh episodes of each row in ``rows``, the
+    mode action or (``--sample``) sampled ones: a float64 array ``[rows,
+    episodes]``. Row r's episodes draw from ``--seed``'s key folded with r."""
     import jax
     import numpy as np
 
-    from pgjax import parallel, runner
-
-    try:
-        config, trainer, layout = runner.open_run(args.run_dir)
-    except runner.RunFolderError as error:
-        raise BadInput(str(error)) from None
-    rows = list(range(layout.num_rows))
-    if args.seed_index is not None:
-        if not 0 <= args.seed_index < layout.num_rows:
-            raise BadInput(
-                f"--seed-index: must be in [0, {layout.num_rows}), got "
-                f"{args.seed_index}"
-            )
-        rows = [args.seed_index]
-    if args.gif is not None:
-        if config.env not in GIF_ENVS:
-            raise BadInput(f"--gif: gymnax has no visualiser for {config.env}")
-        if config.env in CLASSIC_CONTROL and importlib.util.find_spec("pygame") is None:
-            raise BadInput(
-                f"--gif: drawing {config.env} needs pygame: pip install 'pgjax[render]'"
-            )
-
-    try:
-        state, step = runner.restore_run(args.run_dir, trainer, layout, args.checkpoint)
-    except runner.RunFolderError as error:
-        raise BadInput(str(error)) from None
+    from pgjax import parallel
 
     deterministic = not args.sample
     picked = jax.tree.map(lambda x: x[np.asarray(rows)], state)
@@ -161,8 +216,12 @@ def evaluate(args: argparse.Namespace) -> int:
             axis_name=parallel.SEEDS,
         )
     )(picked, keys)
-    returns = np.asarray(jax.device_get(returns), np.float64)  # [rows, episodes]
+    return np.asarray(jax.device_get(returns), np.float64)
 
+
+def _row_results(rows: list[int], returns, layout) -> list[dict[str, Any]]:
+    """eval.json's entry of each row (its index and labels, its returns' mean,
+    std and list), printing each row's mean ± std."""
     results = []
     for row, row_returns in zip(rows, returns, strict=True):
         labels = layout.labels(row)
@@ -178,45 +237,53 @@ def evaluate(args: argparse.Namespace) -> int:
         print(
             f"{_describe(labels)}: {row_returns.mean():.2f} ± {row_returns.std():.2f}"
         )
+    return results
+
+
+def _overall_line(config, step: int, args: argparse.Namespace, returns) -> str:
+    """The line of the mean ± std over every evaluated row's returns, naming
+    the algorithm, env, checkpoint and how the episodes ran."""
     mode = "sampled actions" if args.sample else "mode action"
-    print(
+    return (
         f"{config.algo} on {config.env}, checkpoint {step} ({mode}, "
         f"{args.episodes} episodes per row): {returns.mean():.2f} ± "
         f"{returns.std():.2f}"
     )
-    report: dict[str, Any] = {
+
+
+def _eval_report(
+    args: argparse.Namespace, step: int, returns, results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """eval.json's content: the checkpoint's step, how the episodes ran, the
+    mean and std over every row's returns, and the rows' ``results``."""
+    return {
         "checkpoint": step,
         "episodes": args.episodes,
-        "deterministic": deterministic,
+        "deterministic": not args.sample,
         "seed": args.seed,
         "mean": float(returns.mean()),
         "std": float(returns.std()),
         "rows": results,
     }
-    eval_path = Path(args.run_dir) / "eval.json"
-    runner.write_json_atomic(eval_path, report)
-    if args.gif is not None:
-        row = rows[0]
-        gif_return, gif_steps = render_gif(
-            trainer,
-            jax.tree.map(lambda x: x[row], state),
-            args.gif,
-            jax.random.fold_in(base_key, 2**20 + row),
-            deterministic,
-            args.gif_max_steps,
-        )
-        report["gif"] = {
-            "path": str(args.gif),
-            "row": row,
-            "return": gif_return,
-            "steps": gif_steps,
-        }
-        runner.write_json_atomic(eval_path, report)
-        print(
-            f"gif: {args.gif} (row {row}: {gif_steps} steps, return {gif_return:.2f})"
-        )
-    print(f"eval.json: {eval_path}")
-    return 0
+
+
+def _render_row_gif(
+    args: argparse.Namespace, trainer, state, row: int
+) -> dict[str, Any]:
+    """Draws one episode of ``row``'s policy to ``--gif`` (:func:`render_gif`,
+    its key ``--seed``'s folded with 2**20 + row, apart from the evaluated
+    episodes'); returns eval.json's ``gif`` entry: path, row, return, steps."""
+    import jax
+
+    gif_return, gif_steps = render_gif(
+        trainer,
+        jax.tree.map(lambda x: x[row], state),
+        args.gif,
+        jax.random.fold_in(jax.random.PRNGKey(args.seed), 2**20 + row),
+        not args.sample,
+        args.gif_max_steps,
+    )
+    return {"path": str(args.gif), "row": row, "return": gif_return, "steps": gif_steps}
 
 
 def _describe(labels: dict[str, Any]) -> str:
