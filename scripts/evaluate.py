@@ -137,9 +137,10 @@ def evaluate(args: argparse.Namespace) -> int:
         gif = _render_row_gif(args, trainer, state, rows[0])
         report["gif"] = gif
         runner.write_json_atomic(eval_path, report)
+        # A non-finite return is stored as None (JSON has no NaN).
+        shown = "non-finite" if gif["return"] is None else f"{gif['return']:.2f}"
         print(
-            f"gif: {args.gif} (row {gif['row']}: {gif['steps']} steps, "
-            f"return {gif['return']:.2f})"
+            f"gif: {args.gif} (row {gif['row']}: {gif['steps']} steps, return {shown})"
         )
     print(f"eval.json: {eval_path}")
     return 0
