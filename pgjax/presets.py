@@ -219,12 +219,19 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "max_kl": 0.02,
         "critic_lr": 0.01,
     },
+    # TRPO's Pendulum settings, with the step annealed (--anneal-kl). Over
+    # seeds 0-4 and 10-24, 17 of 20 seeds reach −200 (mean −195); the
+    # earlier preset (λ 0.95, 2 critic epochs, PopArt, no annealing), 9 of 20
+    # (mean −285). TRPO's settings without annealing: −208.1 on seeds 10-14.
     ("npg", "Pendulum-v1"): {
         "num_steps": 64,
         "total_timesteps": 4_000_000,
         "max_kl": 0.01,
+        "anneal_kl": True,
+        "gae_lambda": 0.9,
+        "critic_epochs": 5,
         "critic_lr": 0.01,
-        "value_norm": True,
+        "reward_scale": 0.1,
         "normalize_obs": True,
     },
     # GAE λ 0.9 and 5 critic epochs: advantages with less variance, from a
