@@ -172,6 +172,20 @@ def test_truncate_metrics(tmp_path):
     assert runner.truncate_metrics(tmp_path / "missing.csv", columns, 3) == 0
 
 
+def test_truncate_metrics_moves_an_older_header_under_the_new_columns(tmp_path):
+    """A run written before its algorithm gained a metric (nac's backtracks)
+    or reordered them resumes: the kept rows' values move under their
+    columns, the new column is empty; a column the algorithm no longer has
+    is still refused."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("seed,update,x,z\r\n0,1,0.5,7\r\n1,1,0.25,8\r\n0,2,0.1,9\r\n")
+    columns = ["seed", "update", "x", "y", "z"]
+    assert runner.truncate_metrics(path, columns, 2) == 2
+    assert path.read_bytes() == b"seed,update,x,y,z\r\n0,1,0.5,,7\r\n1,1,0.25,,8\r\n"
+    with pytest.raises(runner.RunFolderError, match="columns"):
+        runner.truncate_metrics(path, ["seed", "update", "x", "z"], 2)
+
+
 def test_write_json_atomic_leaves_old_or_new(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     runner.write_json_atomic(path, {"v": 1})

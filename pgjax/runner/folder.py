@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -222,10 +223,14 @@ def truncate_metrics(path: Path, columns: list[str], rows: int) -> int:
     """Keeps the header and the first ``rows`` data rows of metrics.csv.
 
     Rewrites the file atomically. Returns the number of rows kept (fewer than
-    ``rows`` only if the file lost rows, e.g. in an OS crash).
+    ``rows`` only if the file lost rows, e.g. in an OS crash). A file written
+    by an older pgjax whose columns are all among ``columns`` (the algorithm
+    has since gained metrics, or reordered them) is rewritten with
+    ``columns`` as its header, the kept rows' values moved under their
+    columns and the new columns left empty (NaN).
 
     Raises:
-      RunFolderError: the header does not match ``columns``.
+      RunFolderError: the header has a column that ``columns`` lacks.
     """
     if not path.exists():
         return 0
@@ -234,12 +239,14 @@ def truncate_metrics(path: Path, columns: list[str], rows: int) -> int:
     if not lines:
         return 0
     header = next(csv.reader([lines[0]]))
-    if header != columns:
+    if not set(header) <= set(columns):
         raise RunFolderError(
             "--run-dir",
             f"{path} has columns {','.join(header)}, expected {','.join(columns)}",
         )
     kept = [line for line in lines[1 : rows + 1] if line.endswith("\n")]
+    if header != columns:
+        lines[0], kept = _reordered(header, columns, kept)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         f.writelines([lines[0], *kept])
@@ -247,6 +254,21 @@ def truncate_metrics(path: Path, columns: list[str], rows: int) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return len(kept)
+
+
+def _reordered(
+    header: list[str], columns: list[str], lines: list[str]
+) -> tuple[str, list[str]]:
+    """The header line of ``columns`` and ``lines`` (CSV rows under
+    ``header``) with each value under its column, absent columns empty."""
+
+    def line(values) -> str:
+        out = io.StringIO()
+        csv.writer(out).writerow(values)  # the dialect MetricsWriter writes
+        return out.getvalue()
+
+    rows = [dict(zip(header, values, strict=True)) for values in csv.reader(lines)]
+    return line(columns), [line([row.get(c, "") for c in columns]) for row in rows]
 
 
 def tensorboard_available() -> bool:
