@@ -358,17 +358,20 @@ def _settings(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, list]]:
     """The run's config and sweep: defaults < preset < flags for a new run; the
     saved ones with the given flags for ``--resume``, which must not change
     the computation. Validated, and the trainer built once to check them."""
+    if args.resume:
+        config, sweep = _resumed_settings(args)
+    else:
+        config, sweep = resolve_config(args), resolve_sweep(args)
+    try:
+        validate(config)
+        validate_sweep(config, sweep)
+    except ConfigError as error:
+        raise _Refused(str(error)) from None
     from pgjax import runner, train
 
     try:
-        if args.resume:
-            config, sweep = _resumed_settings(args)
-        else:
-            config, sweep = resolve_config(args), resolve_sweep(args)
-        validate(config)
-        validate_sweep(config, sweep)
         train.make_train(config)
-    except (ConfigError, runner.RunFolderError) as error:
+    except ConfigError as error:
         raise _Refused(str(error)) from None
     if config.tensorboard and not runner.tensorboard_available():
         raise _Refused(
@@ -379,18 +382,21 @@ def _settings(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, list]]:
 
 def _resumed_settings(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """The saved config and sweep of ``--run-dir``, with the flags given now."""
-    from pgjax import runner
-
     if args.run_dir is None:
         raise _Refused("--resume: needs --run-dir, the run folder to continue")
-    saved, saved_sweep = runner.load_run_config(args.run_dir)
-    given, given_sweep = _given(args)
-    config = dataclasses.replace(saved, **given)
-    sweep = {**saved_sweep, **given_sweep}
-    for name in saved_sweep:
-        if name in given and name not in given_sweep:
-            sweep[name] = [given[name]]  # one value for a swept name
-    runner.check_resumable(saved, saved_sweep, config, sweep)
+    from pgjax import runner
+
+    try:
+        saved, saved_sweep = runner.load_run_config(args.run_dir)
+        given, given_sweep = _given(args)
+        config = dataclasses.replace(saved, **given)
+        sweep = {**saved_sweep, **given_sweep}
+        for name in saved_sweep:
+            if name in given and name not in given_sweep:
+                sweep[name] = [given[name]]  # one value for a swept name
+        runner.check_resumable(saved, saved_sweep, config, sweep)
+    except runner.RunFolderError as error:
+        raise _Refused(str(error)) from None
     return config, sweep
 
 

@@ -148,9 +148,11 @@ class TrainConfig:
     anneal_kl: bool = _field(
         False,
         "npg/trpo/nac: shrink the step linearly to 0 over training, as "
-        "--anneal-lr does a learning rate: max-kl·(1 − progress) (natural-lr· "
-        "(1 − progress) with --natural-step fixed), so that a nearly "
-        "deterministic policy settles instead of moving by max-kl every update",
+        "--anneal-lr does a learning rate: max-kl·(1 − progress) "
+        "(natural-lr·(1 − progress) with --natural-step fixed), so that a "
+        "nearly deterministic policy settles instead of moving by max-kl every "
+        "update (progress counts toward --total-timesteps: resuming with more "
+        "steps widens the step again)",
     )
     critic_epochs: int = _field(
         0,
@@ -404,7 +406,7 @@ def validate(config: TrainConfig) -> None:
     need(
         not config.anneal_kl or config.algo in ("npg", "trpo", "nac"),
         "anneal_kl",
-        "only with --algo npg, trpo or nac (the others anneal with --anneal-lr)",
+        "off unless --algo npg, trpo or nac (the others anneal with --anneal-lr)",
     )
     need(
         config.kl_guard == 0 or config.algo in ("npg", "nac"),

@@ -54,3 +54,20 @@ def test_every_metrics_csv_column_is_documented(source):
         f"{source} writes metrics.csv columns that docs/metrics.md has no table "
         f"row for: {missing}"
     )
+
+
+@pytest.mark.parametrize("algo", sorted(algos.REGISTRY))
+def test_every_update_returns_exactly_its_declared_metrics(algo):
+    """The runner writes only the declared columns (metric_names) and drops
+    any other key: an update's keys must be those names, no more, no less."""
+    import jax
+
+    from pgjax.train import make_train
+
+    config = TrainConfig(
+        algo=algo, num_envs=8, num_steps=1 if algo == "ac-lambda" else 8, hidden=(8,)
+    )
+    trainer = make_train(config)
+    state = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
+    _, metrics = jax.eval_shape(trainer.update, state)
+    assert sorted(metrics) == sorted(trainer.metric_names)

@@ -15,8 +15,8 @@ so the quadratic model of the KL equals ``--max-kl``:
 
 * ``npg`` takes that step as is (Kakade 2001; Peters & Schaal 2008). With
   ``--natural-step fixed`` it takes the textbook step instead,
-  ``Δθ = η·x`` with ``η = --natural-lr`` (constant, not annealed) and no KL
-  scaling (:func:`pgjax.natural.fixed_natural_step`; Kakade 2001; Agarwal
+  ``Δθ = η·x`` with ``η = --natural-lr`` (constant unless ``--anneal-kl``)
+  and no KL scaling (:func:`pgjax.natural.fixed_natural_step`; Kakade 2001; Agarwal
   et al. 2021, https://arxiv.org/abs/1908.00261), its CG stopping where the
   residual stops falling.
 * ``trpo`` backtracks ``Δθ·ratio^k`` until the surrogate improves and the real
@@ -189,6 +189,7 @@ class NaturalPhases:
     :class:`~pgjax.config.Hyperparams`; ``actor`` is ``agent.actor``
     (θ_old). The update (:func:`make_npg`, :func:`make_trpo`) is
 
+      hyper = annealed_step_size(config, hyper, progress)  # --anneal-kl
       targets = targets(agent, batch, hyper)
       gradient = policy_gradient(actor, batch, targets, hyper)
       step = natural_step(actor, batch, gradient, hyper)

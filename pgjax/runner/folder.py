@@ -28,7 +28,9 @@ from pgjax.config import (
 from pgjax.runner.layout import Layout
 from pgjax.train import default_updates_per_chunk
 
-# Settings that a resumed run may change: they do not alter the computation.
+# Settings that a resumed run may change: they do not alter the computation
+# of the updates already done (a longer --total-timesteps does stretch the
+# schedules of --anneal-lr and --anneal-kl from the resumed update on).
 RESUME_MAY_CHANGE = (
     "total_timesteps",
     "checkpoint_every",
