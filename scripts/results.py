@@ -431,7 +431,9 @@ Pairs without a finished run of their current settings:
   switching between behaviours (17 and 6-9 a game) with every step of KL
   0.02, and the final one evaluated at 7.7; the preset also anneals the
   step to 0 over training (`--anneal-kl`), so that the policy settles and
-  its evaluation matches its training return.
+  its evaluation matches its training return. Of 5 seeds, two reach 17.8
+  and 23.5, and three settle within the first 1 M steps on a play that
+  scores 6.5-7 a game and never leave it.
   A2C, one Adam step per batch, stayed near 5.5 on Breakout in every setting
   tried (2-10 M steps), so the MinAtar presets are NPG's. TRPO with the
   same settings and an entropy bonus of 0.01 evaluated at 17.6 after 3 M
