@@ -306,15 +306,34 @@ def validate(config: TrainConfig) -> None:
     Raises:
       ConfigError: naming the first invalid flag.
     """
+    need = _requirement(config)
+    _check_sizes(config, need)
+    _check_critic(config, need)
+    _check_numbers(config, need)
+    _check_algorithm_flags(config, need)
+    need(
+        len(config.hidden) > 0 and all(w > 0 for w in config.hidden),
+        "hidden",
+        "one or more positive widths, e.g. 64,64",
+    )
+    for name, choices in _CHOICES.items():
+        need(getattr(config, name) in choices, name, "one of " + ", ".join(choices))
+
+
+def _requirement(config: TrainConfig):
+    """``need(ok, name, what)``: raise :class:`ConfigError` for ``name`` unless
+    ``ok``, quoting the value ``config`` holds."""
 
     def need(ok: bool, name: str, what: str) -> None:
         if not ok:
             value = getattr(config, name)
             raise ConfigError(flag_name(name), f"must be {what}, got {value!r}")
 
-    def finite(x) -> bool:
-        return isinstance(x, (int, float)) and math.isfinite(x)
+    return need
 
+
+def _check_sizes(config: TrainConfig, need) -> None:
+    """Counts, sizes and the integer-valued switches."""
     for name in (
         "num_envs",
         "num_steps",
@@ -350,6 +369,10 @@ def validate(config: TrainConfig) -> None:
         "critic_minibatches",
         ">= 0 (0 = the default)",
     )
+
+
+def _check_critic(config: TrainConfig, need) -> None:
+    """The critic's fit and value normalisation against the algorithm."""
     if config.algo in CRITIC_FIT_DEFAULTS:
         minibatches = critic_fit(config)[1]
         need(
@@ -387,8 +410,14 @@ def validate(config: TrainConfig) -> None:
         "value_norm",
         "off for ac-lambda (its critic steps by the traced TD error, unscaled)",
     )
+
+
+def _check_numbers(config: TrainConfig, need) -> None:
+    """The real-valued (sweepable) hyperparameters' ranges."""
     for name in SWEEPABLE:
-        need(finite(getattr(config, name)), name, "a finite number")
+        value = getattr(config, name)
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        need(finite, name, "a finite number")
     need(config.lr > 0, "lr", "> 0")
     need(config.critic_lr > 0, "critic_lr", "> 0")
     need(0 < config.gamma <= 1, "gamma", "in (0, 1]")
@@ -403,6 +432,10 @@ def validate(config: TrainConfig) -> None:
     need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
     need(config.natural_lr > 0, "natural_lr", "> 0")
     need(config.kl_guard >= 0, "kl_guard", ">= 0 (0 = off)")
+
+
+def _check_algorithm_flags(config: TrainConfig, need) -> None:
+    """Flags that only some algorithms take."""
     need(
         not config.anneal_kl or config.algo in ("npg", "trpo", "nac"),
         "anneal_kl",
@@ -423,10 +456,3 @@ def validate(config: TrainConfig) -> None:
         "discounted_gradient",
         "used with reinforce (the other algorithms' advantages have no γ^t)",
     )
-    need(
-        len(config.hidden) > 0 and all(w > 0 for w in config.hidden),
-        "hidden",
-        "one or more positive widths, e.g. 64,64",
-    )
-    for name, choices in _CHOICES.items():
-        need(getattr(config, name) in choices, name, "one of " + ", ".join(choices))
