@@ -751,28 +751,67 @@ def backtracking_line_search(
             f"max_backtracks must be a non-negative int, got {max_backtracks!r}"
         )
     params = jax.tree.map(jnp.asarray, params)
-    if kl_fn is None:
-        evaluate = objective_fn
-    else:
-
-        def evaluate(candidate):
-            return objective_fn(candidate), kl_fn(candidate)
-
+    evaluate = _objective_and_kl(objective_fn, kl_fn)
     if objective_at_params is None:
         # Only L(θ) is needed (θ's KL to itself is 0).
         at_params = objective_fn(params)
         objective_at_params = at_params[0] if kl_fn is None else at_params
     f0 = jnp.asarray(objective_at_params)
     dtype = f0.dtype
-    max_kl = jnp.asarray(max_kl, dtype)
-    ratio = jnp.asarray(backtrack_ratio, dtype)
     threshold = jnp.asarray(accept_ratio, dtype) * jnp.asarray(
         expected_improvement, dtype
     )
+    k, accepted, fraction, tested, kl, improvement = _first_accepted(
+        evaluate,
+        params,
+        step,
+        f0,
+        threshold,
+        jnp.asarray(max_kl, dtype),
+        jnp.asarray(backtrack_ratio, dtype),
+        max_backtracks,
+    )
+    new_params = _select(accepted, tested, params)
+    zero = jnp.zeros((), dtype)
+    info = LineSearchInfo(
+        accepted=accepted,
+        backtracks=k,
+        step_fraction=jnp.where(accepted, fraction, zero),
+        kl=jnp.where(accepted, kl, zero),
+        improvement=jnp.where(accepted, improvement, zero),
+        last_kl=kl,
+        last_improvement=improvement,
+    )
+    return new_params, info
 
-    # Carry: (k, accepted, fraction ratio^k, candidate θ + ratio^k·s, its KL and
-    # improvement). The candidate is carried so that the parameters returned are
-    # exactly the ones that were tested.
+
+def _objective_and_kl(objective_fn, kl_fn):
+    """``θ ↦ (L(θ), K(θ))``: ``objective_fn`` itself when ``kl_fn`` is None."""
+    if kl_fn is None:
+        return objective_fn
+
+    def evaluate(candidate):
+        return objective_fn(candidate), kl_fn(candidate)
+
+    return evaluate
+
+
+def _first_accepted(
+    evaluate, params, step, f0, threshold, max_kl, ratio, max_backtracks
+):
+    """The ``lax.while_loop`` of :func:`backtracking_line_search`.
+
+    Tries ``θ + ratio^k·s`` for ``k = 0, 1, ...`` until one is accepted or
+    ``max_backtracks`` have failed.
+
+    Returns:
+      ``(k, accepted, ratio^k, θ + ratio^k·s, its KL, its improvement)`` of the
+      last candidate tried (the accepted one, when any is).
+    """
+    dtype = f0.dtype
+
+    # The candidate is carried so that the parameters returned are exactly the
+    # ones that were tested.
     def cond(state):
         k, accepted, *_ = state
         return jnp.logical_and(k < max_backtracks, jnp.logical_not(accepted))
@@ -805,18 +844,4 @@ def backtracking_line_search(
         nan,
         nan,
     )
-    k, accepted, fraction, tested, kl, improvement = jax.lax.while_loop(
-        cond, body, init
-    )
-    new_params = _select(accepted, tested, params)
-    zero = jnp.zeros((), dtype)
-    info = LineSearchInfo(
-        accepted=accepted,
-        backtracks=k,
-        step_fraction=jnp.where(accepted, fraction, zero),
-        kl=jnp.where(accepted, kl, zero),
-        improvement=jnp.where(accepted, improvement, zero),
-        last_kl=kl,
-        last_improvement=improvement,
-    )
-    return new_params, info
+    return jax.lax.while_loop(cond, body, init)
