@@ -156,57 +156,19 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
     q_critic = config.critic in ("q", "linear-q")
     if q_critic and not spec.discrete:
         raise ConfigError("--critic", f"{config.critic} needs a discrete action space")
-    linear_q_critic = config.critic == "linear-q"
     policy, critic = base.make_networks(config, spec, backend, q_critic=q_critic)
-    if linear_q_critic:
+    if config.critic == "linear-q":
         critic = linear_q.make_critic(spec)
 
     init = base.actor_critic_init(policy, critic)
     collect = base.fixed_length_collect(config, spec, policy)
 
     block_rows = blocks.block_rows_for(config, backend)
-
-    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
-        """GAE advantages and λ-return targets ``[T, N]`` (no gradient)."""
-        value_fn = critic_lib.critic_value_fn(config, critic, params["critic"], stats)
-        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
-
-    targets_fn = (
-        _q_targets_fn(policy, critic, block_rows, backend) if q_critic else v_targets
-    )
-    if linear_q_critic:
-        # Q_w(s, a) for the actor, and what TD(0) reads for the critic.
-        targets_fn = linear_q.make_targets(policy, critic, block_rows, backend)
+    targets_fn = _targets_fn(config, spec, policy, critic, block_rows, backend)
     joint_critic_step = _joint_critic_step(config)
-
-    def critic_prediction(critic_params, obs, action):
-        if not q_critic:
-            return critic.apply(critic_params, obs)
-        q_values = critic.apply(critic_params, obs)
-        one_hot = jax.nn.one_hot(action, q_values.shape[-1], dtype=q_values.dtype)
-        return jnp.sum(one_hot * q_values, axis=-1)
-
+    critic_prediction = _critic_prediction_fn(critic, q_critic)
     critic_step = _critic_step_fn(config, critic_prediction, block_rows, backend)
-
-    def make_block_loss(hyper: Hyperparams, count: int):
-        """Loss of one block of rows; block losses sum to the batch loss."""
-
-        def block_loss(params, block):
-            obs, action, advantages, targets = block
-            dist = policy.apply(params["actor"], obs)
-            policy_loss = losses.policy_gradient_loss(dist.log_prob(action), advantages)
-            entropy_loss = losses.entropy_loss(dist.entropy())
-            total = policy_loss + hyper.ent_coef * entropy_loss
-            metrics = {"policy_loss": policy_loss, "entropy": -entropy_loss}
-            if joint_critic_step:
-                value_loss = losses.value_loss(
-                    critic_prediction(params["critic"], obs, action), targets
-                )
-                total = total + hyper.vf_coef * value_loss
-                metrics["value_loss"] = value_loss
-            return total / count, jax.tree.map(lambda m: m / count, metrics)
-
-        return block_loss
+    make_block_loss = _block_loss_fn(policy, critic_prediction, joint_critic_step)
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         params = {"actor": agent.actor, "critic": agent.critic}
@@ -273,3 +235,59 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         act=base.policy_act(policy),
         metric_names=METRICS,
     )
+
+
+def _targets_fn(config, spec, policy, critic, block_rows, backend):
+    """``(params, batch, hyper, value_stats) ↦ (advantages, targets)`` ``[T, N]``
+    for the critic ``config.critic`` names (no gradient)."""
+    if config.critic == "linear-q":
+        # Q_w(s, a) for the actor, and what TD(0) reads for the critic.
+        return linear_q.make_targets(policy, critic, block_rows, backend)
+    if config.critic == "q":
+        return _q_targets_fn(policy, critic, block_rows, backend)
+
+    def v_targets(params, batch: rollout.Transition, hyper: Hyperparams, stats):
+        """GAE advantages and λ-return targets."""
+        value_fn = critic_lib.critic_value_fn(config, critic, params["critic"], stats)
+        return critic_lib.gae_targets(value_fn, batch, hyper, block_rows, spec, backend)
+
+    return v_targets
+
+
+def _critic_prediction_fn(critic, q_critic: bool):
+    """``(critic_params, obs, action) ↦`` V(s), or Q(s, a) for a Q critic."""
+
+    def critic_prediction(critic_params, obs, action):
+        if not q_critic:
+            return critic.apply(critic_params, obs)
+        q_values = critic.apply(critic_params, obs)
+        one_hot = jax.nn.one_hot(action, q_values.shape[-1], dtype=q_values.dtype)
+        return jnp.sum(one_hot * q_values, axis=-1)
+
+    return critic_prediction
+
+
+def _block_loss_fn(policy, critic_prediction, joint_critic_step: bool):
+    """``(hyper, count) ↦`` the loss of one block of rows, ``L_π − c_H·H``
+    (``+ c_v·L_V`` when the critic steps in the same pass), divided by the
+    number of blocks so that block losses sum to the batch loss."""
+
+    def make_block_loss(hyper: Hyperparams, count: int):
+        def block_loss(params, block):
+            obs, action, advantages, targets = block
+            dist = policy.apply(params["actor"], obs)
+            policy_loss = losses.policy_gradient_loss(dist.log_prob(action), advantages)
+            entropy_loss = losses.entropy_loss(dist.entropy())
+            total = policy_loss + hyper.ent_coef * entropy_loss
+            metrics = {"policy_loss": policy_loss, "entropy": -entropy_loss}
+            if joint_critic_step:
+                value_loss = losses.value_loss(
+                    critic_prediction(params["critic"], obs, action), targets
+                )
+                total = total + hyper.vf_coef * value_loss
+                metrics["value_loss"] = value_loss
+            return total / count, jax.tree.map(lambda m: m / count, metrics)
+
+        return block_loss
+
+    return make_block_loss
