@@ -468,6 +468,26 @@ def make_natural_phases(
     # streams them twice (J·v, then Jᵀ·u): half-size blocks stay in cache.
     fvp_block_rows = max(block_rows // 2, 1) if block_rows > 0 else 0
 
+    return NaturalPhases(
+        policy=policy,
+        critic=critic,
+        targets=_targets_phase(config, critic, block_rows, spec, backend),
+        policy_gradient=_policy_gradient_phase(policy, block_rows, backend),
+        natural_step=_natural_step_phase(config, policy, backend, fvp_block_rows),
+        line_search=(
+            _backtracking_phase(config, policy, block_rows, backend)
+            if line_search
+            else _plain_step_phase(config, policy)
+        ),
+        fit_critic=_critic_fit_phase(config, critic, block_rows, backend),
+    )
+
+
+def _targets_phase(
+    config: TrainConfig, critic, block_rows: int, spec: EnvSpec, backend: Backend
+):
+    """The targets phase of :func:`make_natural_phases`."""
+
     def targets_phase(agent: base.ActorCriticState, batch, hyper: Hyperparams):
         """GAE(λ) advantages and λ-return targets under the agent's critic.
 
@@ -497,6 +517,12 @@ def make_natural_phases(
         if config.normalize_advantages:
             advantages = losses.normalize_advantages(advantages)
         return Targets(advantages, returns, critic_params, value_stats)
+
+    return targets_phase
+
+
+def _policy_gradient_phase(policy, block_rows: int, backend: Backend):
+    """The policy-gradient phase of :func:`make_natural_phases`."""
 
     def policy_gradient(actor_params, batch, targets: Targets, hyper: Hyperparams):
         """The surrogate's gradient at θ_old, in blocked passes over the batch.
@@ -533,19 +559,7 @@ def make_natural_phases(
         )
         return PolicyGradient(grads, objective, entropy, old_dist)
 
-    return NaturalPhases(
-        policy=policy,
-        critic=critic,
-        targets=targets_phase,
-        policy_gradient=policy_gradient,
-        natural_step=_natural_step_phase(config, policy, backend, fvp_block_rows),
-        line_search=(
-            _backtracking_phase(config, policy, block_rows, backend)
-            if line_search
-            else _plain_step_phase(config, policy)
-        ),
-        fit_critic=_critic_fit_phase(config, critic, block_rows, backend),
-    )
+    return policy_gradient
 
 
 def annealed_step_size(config: TrainConfig, hyper, progress: Array):
