@@ -237,17 +237,7 @@ def make_ac_lambda(
     policy, critic = base.make_networks(config, spec, backend)
     collect = base.fixed_length_collect(config, spec, policy)
 
-    def init(key: Array, hyper: Hyperparams) -> TraceState:
-        del hyper
-        actor_key, critic_key = jax.random.split(key)
-        actor = policy.init(actor_key)
-        critic_params = critic.init(critic_key)
-        return TraceState(
-            actor=actor,
-            critic=critic_params,
-            actor_trace=zero_traces(actor, config.num_envs),
-            critic_trace=zero_traces(critic_params, config.num_envs),
-        )
+    init = _init_fn(policy, critic, config.num_envs)
 
     def update(agent: TraceState, batch, key, hyper: Hyperparams, progress):
         del key
@@ -273,28 +263,16 @@ def make_ac_lambda(
         actor = _add_scaled(agent.actor, actor_dir, lr)
         critic_params = _add_scaled(agent.critic, critic_dir, critic_lr)
         new_agent = TraceState(actor, critic_params, actor_trace, critic_trace)
-        return new_agent, step_metrics(
-            agent, new_agent, step.obs, log_probs, deltas, actor_dir, critic_dir, lr
+        return new_agent, _step_metrics(
+            policy,
+            agent,
+            new_agent,
+            step.obs,
+            log_probs,
+            deltas,
+            (actor_dir, critic_dir),
+            lr,
         )
-
-    def step_metrics(old, new, obs, log_probs, deltas, actor_dir, critic_dir, lr):
-        """Scalars of one update (means over the envs)."""
-        old_dist = policy.apply(old.actor, obs)
-        trace_norms = jax.vmap(base.global_norm)(new.actor_trace)
-        return {
-            # −mean δ·log π: its gradient with δ held fixed is the one-step
-            # (λ = 0) part of the actor's direction.
-            "policy_loss": -jnp.mean(jax.lax.stop_gradient(deltas) * log_probs),
-            "value_loss": 0.5 * jnp.mean(jnp.square(deltas)),
-            "td_error": jnp.mean(deltas),
-            "td_error_abs": jnp.mean(jnp.abs(deltas)),
-            "entropy": jnp.mean(old_dist.entropy()),
-            "grad_norm": base.global_norm(actor_dir),
-            "critic_grad_norm": base.global_norm(critic_dir),
-            "trace_norm": jnp.mean(trace_norms),
-            "learning_rate": lr,
-            "kl": jnp.mean(old_dist.kl(policy.apply(new.actor, obs))),
-        }
 
     return base.Algorithm(
         name="ac-lambda",
@@ -304,6 +282,46 @@ def make_ac_lambda(
         act=base.policy_act(policy),
         metric_names=METRICS,
     )
+
+
+def _init_fn(policy, critic, num_envs: int):
+    """``(key, hyper) ↦`` the initial :class:`TraceState`, traces zero."""
+
+    def init(key: Array, hyper: Hyperparams) -> TraceState:
+        del hyper
+        actor_key, critic_key = jax.random.split(key)
+        actor = policy.init(actor_key)
+        critic_params = critic.init(critic_key)
+        return TraceState(
+            actor=actor,
+            critic=critic_params,
+            actor_trace=zero_traces(actor, num_envs),
+            critic_trace=zero_traces(critic_params, num_envs),
+        )
+
+    return init
+
+
+def _step_metrics(policy, old, new, obs, log_probs, deltas, directions, lr):
+    """Scalars of one update (means over the envs); ``directions`` is the
+    ``(actor, critic)`` pair of trace-weighted steps."""
+    actor_dir, critic_dir = directions
+    old_dist = policy.apply(old.actor, obs)
+    trace_norms = jax.vmap(base.global_norm)(new.actor_trace)
+    return {
+        # −mean δ·log π: its gradient with δ held fixed is the one-step
+        # (λ = 0) part of the actor's direction.
+        "policy_loss": -jnp.mean(jax.lax.stop_gradient(deltas) * log_probs),
+        "value_loss": 0.5 * jnp.mean(jnp.square(deltas)),
+        "td_error": jnp.mean(deltas),
+        "td_error_abs": jnp.mean(jnp.abs(deltas)),
+        "entropy": jnp.mean(old_dist.entropy()),
+        "grad_norm": base.global_norm(actor_dir),
+        "critic_grad_norm": base.global_norm(critic_dir),
+        "trace_norm": jnp.mean(trace_norms),
+        "learning_rate": lr,
+        "kl": jnp.mean(old_dist.kl(policy.apply(new.actor, obs))),
+    }
 
 
 __all__ = [
