@@ -209,30 +209,7 @@ def make_nac(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         )
     phases = make_natural_phases(config, spec, backend, line_search=False)
 
-    def natural_step(actor_params, batch, targets, gradient, hyper: Hyperparams):
-        """The compatible fit over the whole batch, and the step along it.
-
-        Returns:
-          ``(NaturalStep, CompatibleFit)``; the step's ``kl_obs``/``kl_old``
-          are the strided KL envs, on which NPG's plain step measures the KL.
-        """
-        fit = fit_compatible_critic(
-            phases.policy,
-            actor_params,
-            _env_major_rows(batch.obs),
-            _env_major_rows(batch.action),
-            _env_major_rows(targets.advantages),
-            hyper.cg_damping,
-            config.cg_iters,
-        )
-        step, info = compatible_step(
-            fit, config.natural_step, hyper.max_kl, hyper.natural_lr
-        )
-        kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
-        kl_old = jax.tree.map(
-            lambda x: parallel.strided_envs(x, config.kl_envs), gradient.old_dist
-        )
-        return NaturalStep(step, info, kl_obs, kl_old), fit
+    natural_step = _compatible_natural_step(config, phases.policy)
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
         hyper = natural_pg.annealed_step_size(config, hyper, progress)
@@ -272,3 +249,35 @@ def make_nac(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         act=base.policy_act(phases.policy),
         metric_names=METRICS,
     )
+
+
+def _compatible_natural_step(config: TrainConfig, policy):
+    """NAC's natural-step phase: the compatible critic's weights as the
+    direction, in place of NPG's conjugate-gradient solve."""
+
+    def natural_step(actor_params, batch, targets, gradient, hyper: Hyperparams):
+        """The compatible fit over the whole batch, and the step along it.
+
+        Returns:
+          ``(NaturalStep, CompatibleFit)``; the step's ``kl_obs``/``kl_old``
+          are the strided KL envs, on which NPG's plain step measures the KL.
+        """
+        fit = fit_compatible_critic(
+            policy,
+            actor_params,
+            _env_major_rows(batch.obs),
+            _env_major_rows(batch.action),
+            _env_major_rows(targets.advantages),
+            hyper.cg_damping,
+            config.cg_iters,
+        )
+        step, info = compatible_step(
+            fit, config.natural_step, hyper.max_kl, hyper.natural_lr
+        )
+        kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
+        kl_old = jax.tree.map(
+            lambda x: parallel.strided_envs(x, config.kl_envs), gradient.old_dist
+        )
+        return NaturalStep(step, info, kl_obs, kl_old), fit
+
+    return natural_step
