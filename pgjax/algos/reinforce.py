@@ -186,6 +186,35 @@ def make_estimator(config: TrainConfig, spec: EnvSpec, backend: Backend) -> Esti
     block_rows = blocks.block_rows_for(config, backend)
     use_critic = config.baseline == "value"
 
+    make_block_loss = _block_loss_fn(policy, critic, use_critic)
+    advantages_of = _advantages_fn(config, critic, block_rows, backend)
+
+    def gradient(agent: base.ActorCriticState, batch, hyper: Hyperparams) -> Estimate:
+        advantages, to_go = advantages_of(agent, batch, hyper)
+        num_valid = jnp.maximum(jnp.sum(batch.valid), 1).astype(jnp.float32)
+        # One episode per env: N is the batch's width, a constant.
+        pg_count = (
+            float(batch.valid.shape[1])
+            if config.pg_normalizer == "episodes"
+            else num_valid
+        )
+        params = {"actor": agent.actor, "critic": agent.critic}
+        grads, (policy_loss, entropy, value_loss) = blocks.compacted_grad(
+            make_block_loss(hyper, pg_count, num_valid),
+            params,
+            (batch.obs, batch.action, advantages, to_go),
+            batch.valid,
+            block_rows,
+            backend,
+        )
+        return Estimate(grads, policy_loss, entropy, value_loss)
+
+    return Estimator(policy=policy, critic=critic, gradient=gradient)
+
+
+def _block_loss_fn(policy, critic, use_critic: bool):
+    """``(hyper, pg_count, num_valid) ↦`` the loss of one block of rows."""
+
     def make_block_loss(hyper: Hyperparams, pg_count, num_valid):
         """Masked sums over a block divided by the batch's counts, so block
         losses add up to the whole batch's: the policy term by ``pg_count``
@@ -207,6 +236,13 @@ def make_estimator(config: TrainConfig, spec: EnvSpec, backend: Backend) -> Esti
             return total, (policy_loss, entropy, value_loss)
 
         return block_loss
+
+    return make_block_loss
+
+
+def _advantages_fn(config: TrainConfig, critic, block_rows: int, backend: Backend):
+    """``(agent, batch, hyper) ↦ (advantages, critic targets)`` ``[T, N]``."""
+    use_critic = config.baseline == "value"
 
     def advantages_of(agent: base.ActorCriticState, batch, hyper: Hyperparams):
         """``w_t·(Ĝ_t − b_t)`` (standardised before the weight with
@@ -236,27 +272,7 @@ def make_estimator(config: TrainConfig, spec: EnvSpec, backend: Backend) -> Esti
             advantages = advantages * discount_weights(g_hat.shape[0], hyper.gamma)
         return jax.lax.stop_gradient(advantages), to_go
 
-    def gradient(agent: base.ActorCriticState, batch, hyper: Hyperparams) -> Estimate:
-        advantages, to_go = advantages_of(agent, batch, hyper)
-        num_valid = jnp.maximum(jnp.sum(batch.valid), 1).astype(jnp.float32)
-        # One episode per env: N is the batch's width, a constant.
-        pg_count = (
-            float(batch.valid.shape[1])
-            if config.pg_normalizer == "episodes"
-            else num_valid
-        )
-        params = {"actor": agent.actor, "critic": agent.critic}
-        grads, (policy_loss, entropy, value_loss) = blocks.compacted_grad(
-            make_block_loss(hyper, pg_count, num_valid),
-            params,
-            (batch.obs, batch.action, advantages, to_go),
-            batch.valid,
-            block_rows,
-            backend,
-        )
-        return Estimate(grads, policy_loss, entropy, value_loss)
-
-    return Estimator(policy=policy, critic=critic, gradient=gradient)
+    return advantages_of
 
 
 def make_reinforce(
