@@ -256,6 +256,48 @@ def bench_algorithm(
         # reference and 10 measured 1.24×, in separate runs).
         repeats = max(1, min(repeats, 3))
     config = dataclasses.replace(config, updates_per_chunk=updates)
+    trainer, backend, state, executable, compile_s = _chunk_program(config, devices)
+    # Steps per chunk vary for episodic algorithms: count them from the metrics.
+    _, metrics = executable(state)
+    steps = int(np.sum(jax.device_get(metrics["env_steps"])))
+    if reference is None:
+        seconds, paired = median_time(executable, state, repeats=repeats), {}
+    else:
+        seconds, paired = _paired_with_reference(
+            (executable, state, steps, compile_s), reference, repeats
+        )
+    single = jax.tree.map(lambda x: x[0], state)
+    rollout_s, learn_s, batch = _rollout_and_learn_seconds(
+        trainer, single, backend, updates, repeats
+    )
+    phases = {}
+    if config.algo in ("npg", "trpo"):
+        phases = natural_phase_seconds(trainer, single, batch, updates, repeats)
+    return {
+        "num_envs": config.num_envs,
+        "num_steps": config.num_steps,
+        "num_seeds": config.num_seeds,
+        # The devices this measurement split the envs across, and those
+        # train.py would (its --devices 0 splits only where that pays).
+        "env_shards": backend.env_shards,
+        **train_py_split(config),
+        "steps_per_second": steps / seconds,
+        "compile_seconds": compile_s,
+        "fused_kernels": distinct_fused_kernels(executable),
+        "memory_bytes": memory_bytes(executable),
+        "seconds_per_update": seconds / updates,
+        "rollout_seconds_per_update": rollout_s / updates,
+        "learn_seconds_per_update": learn_s / updates,
+        "rollout_fraction": rollout_s / (rollout_s + learn_s),
+        **({"learn_phase_seconds_per_update": phases} if phases else {}),
+        **paired,
+    }
+
+
+def _chunk_program(config: TrainConfig, devices: list | None):
+    """``(trainer, backend, state, executable, compile_seconds)``: the chunk
+    of ``config.updates_per_chunk`` updates train.py runs, compiled, and the
+    seeds' initial state."""
     if devices is None:
         devices = hardware.run_devices()
     backend = hardware.backend_for(config, config.num_seeds, devices)
@@ -273,32 +315,35 @@ def bench_algorithm(
         backend=backend,
         **runner.chunk_shardings(backend, shardings),
     )
-    # Steps per chunk vary for episodic algorithms: count them from the metrics.
-    _, metrics = executable(state)
-    steps = int(np.sum(jax.device_get(metrics["env_steps"])))
-    paired = {}
-    if reference is None:
-        seconds = median_time(executable, state, repeats=repeats)
-    else:
-        times, reference_times = paired_times(
-            [(executable, (state,)), (reference.executable, (reference.state,))],
-            repeats,
-        )
-        seconds = statistics.median(times)
-        ratios = [
-            (steps / t) / (reference.steps / r)
-            for t, r in zip(times, reference_times, strict=True)
-        ]
-        paired = {
-            "compile_vs_reference": compile_s / reference.compile_seconds,
-            "ratio_to_reference": statistics.median(ratios),
-            "ratios_to_reference": ratios,
-            "reference_steps_per_second": reference.steps
-            / statistics.median(reference_times),
-        }
+    return trainer, backend, state, executable, compile_s
 
-    # Phase split: the rollout alone, and the learning step alone on a fixed batch.
-    single = jax.tree.map(lambda x: x[0], state)
+
+def _paired_with_reference(measured, reference: Reference, repeats: int):
+    """``(median seconds, reference fields)`` of the chunk run in alternation
+    with the reference's; ``measured`` is ``(executable, state, steps,
+    compile_seconds)``."""
+    executable, state, steps, compile_s = measured
+    times, reference_times = paired_times(
+        [(executable, (state,)), (reference.executable, (reference.state,))],
+        repeats,
+    )
+    ratios = [
+        (steps / t) / (reference.steps / r)
+        for t, r in zip(times, reference_times, strict=True)
+    ]
+    return statistics.median(times), {
+        "compile_vs_reference": compile_s / reference.compile_seconds,
+        "ratio_to_reference": statistics.median(ratios),
+        "ratios_to_reference": ratios,
+        "reference_steps_per_second": reference.steps
+        / statistics.median(reference_times),
+    }
+
+
+def _rollout_and_learn_seconds(trainer, single, backend, updates: int, repeats: int):
+    """``(rollout seconds, learning seconds, batch)`` of ``updates`` updates of
+    one seed's state ``single``: the rollout alone, and the learning step
+    alone on one fixed ``batch``, timed in alternation."""
     algo, hyper = trainer.algorithm, single.hyper
 
     # Split across the devices as in the chunk (Trainer.update).
@@ -328,33 +373,11 @@ def bench_algorithm(
 
     collect_exec, _ = compiled(collect, single, backend=backend)
     learn_exec, _ = compiled(learn, single, batch, backend=backend)
-    # In alternation, like the phases below: the split compares the two.
     rollout_times, learn_times = paired_times(
         [(collect_exec, (single,)), (learn_exec, (single, batch))], repeats
     )
     rollout_s, learn_s = map(statistics.median, (rollout_times, learn_times))
-    phases = {}
-    if config.algo in ("npg", "trpo"):
-        phases = natural_phase_seconds(trainer, single, batch, updates, repeats)
-    return {
-        "num_envs": config.num_envs,
-        "num_steps": config.num_steps,
-        "num_seeds": config.num_seeds,
-        # The devices this measurement split the envs across, and those
-        # train.py would (its --devices 0 splits only where that pays).
-        "env_shards": backend.env_shards,
-        **train_py_split(config),
-        "steps_per_second": steps / seconds,
-        "compile_seconds": compile_s,
-        "fused_kernels": distinct_fused_kernels(executable),
-        "memory_bytes": memory_bytes(executable),
-        "seconds_per_update": seconds / updates,
-        "rollout_seconds_per_update": rollout_s / updates,
-        "learn_seconds_per_update": learn_s / updates,
-        "rollout_fraction": rollout_s / (rollout_s + learn_s),
-        **({"learn_phase_seconds_per_update": phases} if phases else {}),
-        **paired,
-    }
+    return rollout_s, learn_s, batch
 
 
 def train_py_split(config) -> dict:
