@@ -176,31 +176,7 @@ def collect_episodes(
     norm = _normalizer(state, normalize_obs)
     horizon = spec.max_episode_steps
 
-    # Shapes of one row, found by tracing a step abstractly (no compute).
-    def row(s, k):
-        obs = norm(s.obs)
-        action, log_prob = act_fn(obs, k)
-        _, result = envs.step(spec, s, action, k)
-        return obs, action, log_prob, result
-
-    obs_s, action_s, logp_s, result_s = jax.eval_shape(row, state, loop_key)
-
-    def buffer(shape_dtype):
-        return jnp.zeros((horizon, *shape_dtype.shape), shape_dtype.dtype)
-
-    init_buffers = Transition(
-        obs=buffer(obs_s),
-        action=buffer(action_s),
-        log_prob=buffer(logp_s),
-        reward=buffer(result_s.reward),
-        terminated=buffer(result_s.terminated),
-        truncated=buffer(result_s.truncated),
-        next_obs=buffer(obs_s),
-        completed_return=buffer(result_s.completed_return),
-        completed_length=buffer(result_s.completed_length),
-        valid=jnp.zeros((horizon, num_envs), jnp.bool_),
-    )
-    raw_obs_buffer = buffer(obs_s)
+    init_buffers, raw_obs_buffer = _episode_buffers(spec, act_fn, state, loop_key, norm)
 
     def cond(carry):
         t, _, _, _, finished, _ = carry
@@ -236,3 +212,38 @@ def collect_episodes(
     )
     state = _update_obs_norm(state, raw_obs, batch.valid, normalize_obs)
     return state, batch, t
+
+
+def _episode_buffers(spec: EnvSpec, act_fn: ActFn, state, key: Array, norm):
+    """Zeroed buffers of ``max_episode_steps`` rows for :func:`collect_episodes`:
+    the :class:`Transition` ``[H, N, ...]`` and the raw observations
+    ``[H, N, ...]`` (for the normaliser's statistics)."""
+    horizon = spec.max_episode_steps
+    num_envs = state.obs.shape[0]
+
+    # Shapes of one row, found by tracing a step abstractly (no compute).
+    def row(s, k):
+        obs = norm(s.obs)
+        action, log_prob = act_fn(obs, k)
+        _, result = envs.step(spec, s, action, k)
+        return obs, action, log_prob, result
+
+    obs_s, action_s, logp_s, result_s = jax.eval_shape(row, state, key)
+
+    def buffer(shape_dtype):
+        return jnp.zeros((horizon, *shape_dtype.shape), shape_dtype.dtype)
+
+    init_buffers = Transition(
+        obs=buffer(obs_s),
+        action=buffer(action_s),
+        log_prob=buffer(logp_s),
+        reward=buffer(result_s.reward),
+        terminated=buffer(result_s.terminated),
+        truncated=buffer(result_s.truncated),
+        next_obs=buffer(obs_s),
+        completed_return=buffer(result_s.completed_return),
+        completed_length=buffer(result_s.completed_length),
+        valid=jnp.zeros((horizon, num_envs), jnp.bool_),
+    )
+    raw_obs_buffer = buffer(obs_s)
+    return init_buffers, raw_obs_buffer
