@@ -285,6 +285,55 @@ def test_natural_step_is_soft_policy_iteration():
             assert jnp.max(jnp.abs(moved - expected)) > 1e-2
 
 
+def test_natural_entropy_bonus_flattens_the_policy_geometrically():
+    # The entropy bonus of npg/trpo, c·E_{s∼d}[H(π(·|s))] with the state
+    # weights held fixed (the batch's states do not move with θ): under the
+    # d-weighted Fisher its natural gradient is −c·log π(a|s) up to a constant
+    # per state, so a step of size α on the surrogate E_d[E_π A] plus the bonus
+    # gives π_new ∝ π^(1 − α·c)·exp(α·A). The exponent below 1 pulls every
+    # state toward uniform by a fixed fraction of its log-probabilities,
+    # however sharp the policy already is: the bonus cannot vanish as
+    # the plain gradient of the entropy does near a deterministic policy.
+    with jax.enable_x64(True):
+        mdp, logits = _random_problem()
+        logits = logits.at[0].set(jnp.array([12.0, 0.0, -12.0]))  # near-greedy
+        probs = tabular.softmax_policy(logits)
+        weights = tabular.discounted_visitation(mdp, probs)
+        adv = tabular.advantage(mdp, probs)
+
+        def surrogate(theta):
+            return jnp.sum(weights[:, None] * tabular.softmax_policy(theta) * adv)
+
+        def entropy_bonus(theta):
+            p = tabular.softmax_policy(theta)
+            return jnp.sum(weights * -jnp.sum(p * jnp.log(p), axis=-1))
+
+        fisher_pinv = jnp.linalg.pinv(
+            tabular.fisher(mdp, tabular.softmax_policy, logits), hermitian=True
+        )
+
+        def natural(fn):
+            return (fisher_pinv @ jax.grad(fn)(logits).ravel()).reshape(logits.shape)
+
+        # Least squares through the pinv: the near-greedy state's rare action
+        # (π ≈ 4e-11) is solved to ~1e-6.
+        entropy_step = natural(entropy_bonus)
+        assert jnp.max(_spread_per_state(entropy_step + jnp.log(probs))) < 1e-5
+        assert jnp.max(_spread_per_state(natural(surrogate) - adv)) < 1e-5
+        alpha, c = 0.3, 0.5
+        step = natural(lambda t: surrogate(t) + c * entropy_bonus(t))
+        new = tabular.softmax_policy(logits + alpha * step)
+        expected = probs ** (1 - alpha * c) * jnp.exp(alpha * adv)
+        expected = expected / jnp.sum(expected, axis=-1, keepdims=True)
+        np.testing.assert_allclose(new, expected, rtol=1e-4, atol=1e-12)
+        # In the near-greedy state the natural step moves the logits 24·c
+        # apart, and the rarest action gains a factor π^(−α·c) ≈ e^(24·0.15);
+        # the plain gradient of the bonus there is below 1e-5.
+        assert _spread_per_state(entropy_step)[0] > 20.0
+        assert new[0, 2] / probs[0, 2] > 10.0
+        assert jnp.max(jnp.abs(jax.grad(entropy_bonus)(logits)[0])) < 1e-5
+
+
 def test_natural_step_with_termination_uses_the_horizon():
     # γ = 1 and a one-hot softmax on the corridor: F_d⁺∇J = H·A per state, H
     # the expected episode length Σ η.
