@@ -335,24 +335,10 @@ def _train(r: _Run, chunk_fn: Callable, on_chunk: Callable | None) -> None:
         chunk_end = time.time()
         slowest = max(slowest, chunk_end - chunk_start)
         host.train_seconds += chunk_end - chunk_start
-        bad = control.first_non_finite(metrics, checked)
-        if bad is not None:
-            slot, name = bad
-            raise control.NonFiniteError(
-                f"non-finite {name} at update {int(host.updates.min()) + slot + 1}: "
-                f"training stopped; the run folder keeps the metrics up to the "
-                f"previous chunk and the last checkpoint"
-            )
+        _check_finite(metrics, checked, host)
         r.state = new_state
         host.chunks += 1
-        rows = report.csv_rows(
-            metrics, r.layout, host, r.wall_time(chunk_start), r.wall_time(chunk_end)
-        )
-        r.writer.write(rows)
-        host.csv_rows += len(rows)
-        if r.tensorboard is not None:
-            r.tensorboard.write(rows)
-        _show_progress(r)
+        _record_chunk(r, metrics, chunk_start, chunk_end)
         finished = not np.any(metrics["active"][:, -1]) or np.all(
             host.steps >= config.total_timesteps
         )
@@ -370,6 +356,32 @@ def _train(r: _Run, chunk_fn: Callable, on_chunk: Callable | None) -> None:
             )
         if finished:
             break
+
+
+def _check_finite(metrics, checked: tuple[str, ...], host) -> None:
+    """Raises :class:`control.NonFiniteError` naming the first update of the
+    chunk whose ``checked`` metrics hold NaN or inf."""
+    bad = control.first_non_finite(metrics, checked)
+    if bad is not None:
+        slot, name = bad
+        raise control.NonFiniteError(
+            f"non-finite {name} at update {int(host.updates.min()) + slot + 1}: "
+            f"training stopped; the run folder keeps the metrics up to the "
+            f"previous chunk and the last checkpoint"
+        )
+
+
+def _record_chunk(r: _Run, metrics, chunk_start: float, chunk_end: float) -> None:
+    """The chunk's rows into metrics.csv (and TensorBoard), and the progress bar."""
+    host = r.host
+    rows = report.csv_rows(
+        metrics, r.layout, host, r.wall_time(chunk_start), r.wall_time(chunk_end)
+    )
+    r.writer.write(rows)
+    host.csv_rows += len(rows)
+    if r.tensorboard is not None:
+        r.tensorboard.write(rows)
+    _show_progress(r)
 
 
 def _show_progress(r: _Run) -> None:
