@@ -110,6 +110,14 @@ def build_parser() -> OneLineParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_config_flags(parser)
+    _add_run_flags(parser)
+    _add_cluster_flags(parser)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field, its help from the field."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         kind = hints[field.name]
@@ -128,6 +136,10 @@ def build_parser() -> OneLineParser:
         else:
             kwargs.update(type=_PARSERS[kind], metavar=kind.__name__.upper())
         parser.add_argument(flag_name(field.name), **kwargs)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The run folder, resuming, the progress bar and the compile cache."""
     parser.add_argument(
         "--run-dir",
         type=Path,
@@ -157,6 +169,10 @@ def build_parser() -> OneLineParser:
             "~/.cache/pgjax/xla)"
         ),
     )
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a run over several hosts (``jax.distributed``)."""
     cluster = parser.add_argument_group(
         "several hosts (jax.distributed; every process runs the same command "
         "with its own --process-id and a shared --run-dir)"
@@ -180,7 +196,6 @@ def build_parser() -> OneLineParser:
         help="how long processes wait for each other at start-up, and how long "
         "a silent process may stay silent before every process stops",
     )
-    return parser
 
 
 def _given(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list]]:
