@@ -289,9 +289,7 @@ def _init_fn(policy, critic, num_envs: int):
 
     def init(key: Array, hyper: Hyperparams) -> TraceState:
         del hyper
-        actor_key, critic_key = jax.random.split(key)
-        actor = policy.init(actor_key)
-        critic_params = critic.init(critic_key)
+        actor, critic_params = base.init_networks(policy, critic, key)
         return TraceState(
             actor=actor,
             critic=critic_params,

@@ -148,10 +148,14 @@ def make_networks(
     return policy, critic
 
 
-def init_actor_critic(policy: Policy, critic: Critic, key: Array) -> ActorCriticState:
+def init_networks(policy: Policy, critic: Critic, key: Array) -> tuple[Any, Any]:
+    """``(actor parameters, critic parameters)``, each from its half of ``key``."""
     actor_key, critic_key = jax.random.split(key)
-    actor = policy.init(actor_key)
-    critic_params = critic.init(critic_key)
+    return policy.init(actor_key), critic.init(critic_key)
+
+
+def init_actor_critic(policy: Policy, critic: Critic, key: Array) -> ActorCriticState:
+    actor, critic_params = init_networks(policy, critic, key)
     return ActorCriticState(
         actor=actor,
         critic=critic_params,
