@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -320,7 +321,10 @@ def validate(config: TrainConfig) -> None:
         need(getattr(config, name) in choices, name, "one of " + ", ".join(choices))
 
 
-def _requirement(config: TrainConfig):
+_Need = Callable[[bool, str, str], None]
+
+
+def _requirement(config: TrainConfig) -> _Need:
     """``need(ok, name, what)``: raise :class:`ConfigError` for ``name`` unless
     ``ok``, quoting the value ``config`` holds."""
 
@@ -332,7 +336,7 @@ def _requirement(config: TrainConfig):
     return need
 
 
-def _check_sizes(config: TrainConfig, need) -> None:
+def _check_sizes(config: TrainConfig, need: _Need) -> None:
     """Counts, sizes and the integer-valued switches."""
     for name in (
         "num_envs",
@@ -371,7 +375,7 @@ def _check_sizes(config: TrainConfig, need) -> None:
     )
 
 
-def _check_critic(config: TrainConfig, need) -> None:
+def _check_critic(config: TrainConfig, need: _Need) -> None:
     """The critic's fit and value normalisation against the algorithm."""
     if config.algo in CRITIC_FIT_DEFAULTS:
         minibatches = critic_fit(config)[1]
@@ -412,7 +416,7 @@ def _check_critic(config: TrainConfig, need) -> None:
     )
 
 
-def _check_numbers(config: TrainConfig, need) -> None:
+def _check_numbers(config: TrainConfig, need: _Need) -> None:
     """The real-valued (sweepable) hyperparameters' ranges."""
     for name in SWEEPABLE:
         value = getattr(config, name)
@@ -434,7 +438,7 @@ def _check_numbers(config: TrainConfig, need) -> None:
     need(config.kl_guard >= 0, "kl_guard", ">= 0 (0 = off)")
 
 
-def _check_algorithm_flags(config: TrainConfig, need) -> None:
+def _check_algorithm_flags(config: TrainConfig, need: _Need) -> None:
     """Flags that only some algorithms take."""
     need(
         not config.anneal_kl or config.algo in ("npg", "trpo", "nac"),

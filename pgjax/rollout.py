@@ -176,7 +176,9 @@ def collect_episodes(
     norm = _normalizer(state, normalize_obs)
     horizon = spec.max_episode_steps
 
-    init_buffers, raw_obs_buffer = _episode_buffers(spec, act_fn, state, loop_key, norm)
+    init_buffers, raw_obs_buffer = _episode_buffers(
+        act_fn, spec, state, loop_key, norm, horizon
+    )
 
     def cond(carry):
         t, _, _, _, finished, _ = carry
@@ -214,11 +216,13 @@ def collect_episodes(
     return state, batch, t
 
 
-def _episode_buffers(spec: EnvSpec, act_fn: ActFn, state, key: Array, norm):
-    """Zeroed buffers of ``max_episode_steps`` rows for :func:`collect_episodes`:
-    the :class:`Transition` ``[H, N, ...]`` and the raw observations
-    ``[H, N, ...]`` (for the normaliser's statistics)."""
-    horizon = spec.max_episode_steps
+def _episode_buffers(
+    act_fn: ActFn, spec: EnvSpec, state, key: Array, norm, horizon: int
+):
+    """Zeroed buffers of ``horizon`` rows for :func:`collect_episodes`: the
+    :class:`Transition` ``[H, N, ...]`` and the raw observations
+    ``[H, N, ...]`` (for the normaliser's statistics), ``N`` envs in
+    ``state``."""
     num_envs = state.obs.shape[0]
 
     # Shapes of one row, found by tracing a step abstractly (no compute).

@@ -264,7 +264,7 @@ def bench_algorithm(
         seconds, paired = median_time(executable, state, repeats=repeats), {}
     else:
         seconds, paired = _paired_with_reference(
-            (executable, state, steps, compile_s), reference, repeats
+            executable, state, steps, compile_s, reference, repeats
         )
     single = jax.tree.map(lambda x: x[0], state)
     rollout_s, learn_s, batch = _rollout_and_learn_seconds(
@@ -318,11 +318,12 @@ def _chunk_program(config: TrainConfig, devices: list | None):
     return trainer, backend, state, executable, compile_s
 
 
-def _paired_with_reference(measured, reference: Reference, repeats: int):
-    """``(median seconds, reference fields)`` of the chunk run in alternation
-    with the reference's; ``measured`` is ``(executable, state, steps,
-    compile_seconds)``."""
-    executable, state, steps, compile_s = measured
+def _paired_with_reference(
+    executable, state, steps: int, compile_s: float, reference: Reference, repeats: int
+):
+    """``(median seconds, reference fields)`` of the chunk ``executable`` (on
+    ``state``, ``steps`` env steps, compiled in ``compile_s``) run in
+    alternation with the reference's."""
     times, reference_times = paired_times(
         [(executable, (state,)), (reference.executable, (reference.state,))],
         repeats,

@@ -864,6 +864,65 @@ def test_npg_fixed_step_moves_the_actor_by_eta_times_the_explicit_solve():
     assert float(metrics["accepted"]) == 1.0
 
 
+def test_entropy_bonus_enters_the_gradient_and_the_line_search_objective():
+    """npg/trpo's surrogate with ``--ent-coef c``: its gradient is the plain
+    surrogate's plus ``c·∇ mean H(π(·|s))`` over the batch, and TRPO's line
+    search measures the same objective at θ_old."""
+    from pgjax.algos import natural_pg
+    from pgjax.backend import IDENTITY
+    from pgjax.config import TrainConfig
+    from pgjax.train import make_train
+
+    c = 0.3
+    config = TrainConfig(algo="trpo", num_envs=8, num_steps=4, hidden=(4,))
+    trainer = make_train(config, IDENTITY)
+    state = trainer.init(jax.random.PRNGKey(0))
+    agent, hyper = state.agent, state.hyper
+    _, batch, _ = trainer.algorithm.collect(agent, state.env, state.key, hyper)
+    phases = natural_pg.make_natural_phases(config, trainer.spec, IDENTITY, True)
+    targets = phases.targets(agent, batch, hyper)
+    # Away from the near-uniform initial policy, where ∇H is ~1e-5.
+    leaves, treedef = jax.tree.flatten(agent.actor)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    noisy = [
+        x + jax.random.normal(k, x.shape, x.dtype)
+        for x, k in zip(leaves, keys, strict=True)
+    ]
+    agent = agent.replace(actor=jax.tree.unflatten(treedef, noisy))
+    plain = phases.policy_gradient(agent.actor, batch, targets, hyper)
+    bonus_hyper = hyper.replace(ent_coef=jnp.asarray(c, hyper.ent_coef.dtype))
+    bonus = phases.policy_gradient(agent.actor, batch, targets, bonus_hyper)
+
+    def mean_entropy(actor):
+        return jnp.mean(phases.policy.apply(actor, batch.obs).entropy())
+
+    entropy_grad = jax.grad(mean_entropy)(agent.actor)
+    difference = jax.tree.map(lambda b, p: b - p, bonus.grads, plain.grads)
+    assert ravel_pytree(entropy_grad)[0].std() > 1e-4  # a real check
+    np.testing.assert_allclose(
+        ravel_pytree(difference)[0],
+        c * ravel_pytree(entropy_grad)[0],
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        bonus.objective, plain.objective + c * mean_entropy(agent.actor), rtol=1e-5
+    )
+    # TRPO compares candidates with L(θ_old) from the gradient's pass: the
+    # line search's own objective must agree with it there.
+    surrogate_and_kl = natural_pg._surrogate_and_kl_fn(
+        phases.policy,
+        natural_pg._surrogate_inputs(batch, targets),
+        bonus.old_dist,
+        bonus_hyper.ent_coef,
+        0,
+        IDENTITY,
+    )
+    objective, kl = surrogate_and_kl(agent.actor)
+    np.testing.assert_allclose(objective, bonus.objective, rtol=1e-5, atol=1e-7)
+    assert abs(float(kl)) < 1e-6
+
+
 def test_trpo_refuses_the_fixed_step():
     from pgjax import envs
     from pgjax.algos import natural_pg

@@ -270,7 +270,8 @@ def make_ac_lambda(
             step.obs,
             log_probs,
             deltas,
-            (actor_dir, critic_dir),
+            actor_dir,
+            critic_dir,
             lr,
         )
 
@@ -300,10 +301,9 @@ def _init_fn(policy, critic, num_envs: int):
     return init
 
 
-def _step_metrics(policy, old, new, obs, log_probs, deltas, directions, lr):
-    """Scalars of one update (means over the envs); ``directions`` is the
-    ``(actor, critic)`` pair of trace-weighted steps."""
-    actor_dir, critic_dir = directions
+def _step_metrics(policy, old, new, obs, log_probs, deltas, actor_dir, critic_dir, lr):
+    """Scalars of one update (means over the envs); ``actor_dir`` and
+    ``critic_dir`` are the trace-weighted steps."""
     old_dist = policy.apply(old.actor, obs)
     trace_norms = jax.vmap(base.global_norm)(new.actor_trace)
     return {

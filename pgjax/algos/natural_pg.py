@@ -507,7 +507,7 @@ def make_natural_phases(
 def _targets_phase(
     config: TrainConfig, critic, block_rows: int, spec: EnvSpec, backend: Backend
 ):
-    """The targets phase of :func:`make_natural_phases`."""
+    """:attr:`NaturalPhases.targets`: GAE(λ) under the agent's critic."""
 
     def targets_phase(agent: base.ActorCriticState, batch, hyper: Hyperparams):
         """GAE(λ) advantages and λ-return targets under the agent's critic.
@@ -543,7 +543,7 @@ def _targets_phase(
 
 
 def _policy_gradient_phase(policy, block_rows: int, backend: Backend):
-    """The policy-gradient phase of :func:`make_natural_phases`."""
+    """:attr:`NaturalPhases.policy_gradient`: the surrogate's gradient at θ_old."""
 
     def policy_gradient(actor_params, batch, targets: Targets, hyper: Hyperparams):
         """The surrogate's gradient at θ_old, in blocked passes over the batch.

@@ -187,7 +187,7 @@ def make_estimator(config: TrainConfig, spec: EnvSpec, backend: Backend) -> Esti
     use_critic = config.baseline == "value"
 
     make_block_loss = _block_loss_fn(policy, critic, use_critic)
-    advantages_of = _advantages_fn(config, critic, block_rows, backend)
+    advantages_of = _advantages_fn(config, critic, use_critic, block_rows, backend)
 
     def gradient(agent: base.ActorCriticState, batch, hyper: Hyperparams) -> Estimate:
         advantages, to_go = advantages_of(agent, batch, hyper)
@@ -240,9 +240,11 @@ def _block_loss_fn(policy, critic, use_critic: bool):
     return make_block_loss
 
 
-def _advantages_fn(config: TrainConfig, critic, block_rows: int, backend: Backend):
-    """``(agent, batch, hyper) ↦ (advantages, critic targets)`` ``[T, N]``."""
-    use_critic = config.baseline == "value"
+def _advantages_fn(
+    config: TrainConfig, critic, use_critic: bool, block_rows: int, backend: Backend
+):
+    """``(agent, batch, hyper) ↦ (advantages, critic targets)`` ``[T, N]``;
+    ``use_critic``: the baseline is the critic's value."""
 
     def advantages_of(agent: base.ActorCriticState, batch, hyper: Hyperparams):
         """``w_t·(Ĝ_t − b_t)`` (standardised before the weight with
