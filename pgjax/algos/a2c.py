@@ -171,16 +171,9 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
     make_block_loss = _block_loss_fn(policy, critic_prediction, joint_critic_step)
 
     def update(agent: base.ActorCriticState, batch, key, hyper, progress):
-        params = {"actor": agent.actor, "critic": agent.critic}
-        advantages, targets = targets_fn(params, batch, hyper, agent.value_stats)
-        if config.normalize_advantages:
-            advantages = losses.normalize_advantages(advantages)
-        value_stats = agent.value_stats
-        if config.value_norm:
-            # PopArt: regress on standardised targets, V kept unchanged.
-            value_stats, params["critic"], targets = value_norm.fold_targets(
-                agent.value_stats, agent.critic, targets
-            )
+        params, advantages, targets, value_stats = _targets_and_stats(
+            config, targets_fn, agent, batch, hyper
+        )
         count = blocks.block_count(*batch.reward.shape, block_rows, backend)
         # The critic's targets (and its parameters) enter this pass only when
         # its step is taken here; None leaves are empty pytrees.
@@ -235,6 +228,27 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
         act=base.policy_act(policy),
         metric_names=METRICS,
     )
+
+
+def _targets_and_stats(config: TrainConfig, targets_fn, agent, batch, hyper):
+    """``(params, advantages, targets, value_stats)`` for one update.
+
+    ``params`` is ``{"actor", "critic"}``; with ``--value-norm`` the targets
+    are folded into the PopArt statistics and the critic's output layer
+    rescaled so that its values are unchanged. With
+    ``--normalize-advantages`` the advantages are standardised.
+    """
+    params = {"actor": agent.actor, "critic": agent.critic}
+    advantages, targets = targets_fn(params, batch, hyper, agent.value_stats)
+    if config.normalize_advantages:
+        advantages = losses.normalize_advantages(advantages)
+    value_stats = agent.value_stats
+    if config.value_norm:
+        # PopArt: regress on standardised targets, V kept unchanged.
+        value_stats, params["critic"], targets = value_norm.fold_targets(
+            agent.value_stats, agent.critic, targets
+        )
+    return params, advantages, targets, value_stats
 
 
 def _targets_fn(config, spec, policy, critic, block_rows, backend):
