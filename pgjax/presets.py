@@ -302,7 +302,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Yet 3 of 5 seeds of that preset still collapsed (entropy < 2e-6 by
     # 0.4 M steps, gradient 5e-15: nothing left to learn from). The entropy
     # bonus of the PPO reference (0.01) keeps every seed's entropy above 0.1
-    # through 0.5 M steps (5 seeds; 0.003 keeps it above 0.045).
+    # through 0.5 M steps (5 seeds; 0.003 keeps it above 0.045). 5 seeds of
+    # this preset: every training return past 58 by 1.6 M steps, evaluation
+    # 61.3 ± 1.6 at 10 M (each seed 58.6-63.2).
     ("npg", "Freeway-MinAtar"): {
         **_MINATAR_NPG,
         "num_envs": 128,
