@@ -203,6 +203,14 @@ def initialize(
         kwargs["coordinator_address"] = coordinator
         # All three given: no cluster detection, whatever the environment says.
         kwargs["cluster_detection_method"] = "deactivate"
+    _join(kwargs)
+    return True
+
+
+def _join(kwargs: dict[str, Any]) -> None:
+    """``jax.distributed.initialize(**kwargs)``, its failures told as a
+    :class:`ClusterError` (a flag's) or a :class:`RuntimeError` (a backend
+    made too early)."""
     try:
         jax.distributed.initialize(**kwargs)
     except RuntimeError as error:
@@ -228,7 +236,6 @@ def initialize(
             f"'auto' detected no cluster environment ({error}); give HOST:PORT, "
             "--num-processes and --process-id",
         ) from error
-    return True
 
 
 def barrier(name: str) -> None:
