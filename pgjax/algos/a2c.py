@@ -233,21 +233,14 @@ def make_a2c(config: TrainConfig, spec: EnvSpec, backend: Backend) -> base.Algor
 def _targets_and_stats(config: TrainConfig, targets_fn, agent, batch, hyper):
     """``(params, advantages, targets, value_stats)`` for one update.
 
-    ``params`` is ``{"actor", "critic"}``; with ``--value-norm`` the targets
-    are folded into the PopArt statistics and the critic's output layer
-    rescaled so that its values are unchanged. With
-    ``--normalize-advantages`` the advantages are standardised.
+    ``params`` is ``{"actor", "critic"}``, its critic rescaled under
+    ``--value-norm`` (:func:`pgjax.algos.critic.prepared_targets`).
     """
     params = {"actor": agent.actor, "critic": agent.critic}
     advantages, targets = targets_fn(params, batch, hyper, agent.value_stats)
-    if config.normalize_advantages:
-        advantages = losses.normalize_advantages(advantages)
-    value_stats = agent.value_stats
-    if config.value_norm:
-        # PopArt: regress on standardised targets, V kept unchanged.
-        value_stats, params["critic"], targets = value_norm.fold_targets(
-            agent.value_stats, agent.critic, targets
-        )
+    advantages, targets, params["critic"], value_stats = critic_lib.prepared_targets(
+        config, advantages, targets, agent.critic, agent.value_stats
+    )
     return params, advantages, targets, value_stats
 
 

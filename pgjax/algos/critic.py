@@ -254,3 +254,23 @@ def gae_targets(
         rewards, values, next_values, discounts, batch.done, hyper.gae_lambda
     )
     return advantages, advantages + values
+
+
+def prepared_targets(
+    config: TrainConfig, advantages: Array, targets: Array, critic_params, stats
+):
+    """``(advantages, targets, critic_params, stats)`` as an update uses them.
+
+    With ``--normalize-advantages`` the advantages are standardised per batch;
+    with ``--value-norm`` the targets are folded into the PopArt statistics
+    and the critic's output layer rescaled so that its values are unchanged
+    (:func:`pgjax.value_norm.fold_targets`), so that it regresses on
+    standardised targets.
+    """
+    if config.normalize_advantages:
+        advantages = losses.normalize_advantages(advantages)
+    if config.value_norm:
+        stats, critic_params, targets = value_norm.fold_targets(
+            stats, critic_params, targets
+        )
+    return advantages, targets, critic_params, stats

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from pgjax import compatible, natural, parallel
+from pgjax import compatible, natural
 from pgjax.algos import base, natural_pg
 from pgjax.algos.natural_pg import NaturalStep, make_natural_phases
 from pgjax.backend import Backend
@@ -274,9 +274,8 @@ def _compatible_natural_step(config: TrainConfig, policy):
         step, info = compatible_step(
             fit, config.natural_step, hyper.max_kl, hyper.natural_lr
         )
-        kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
-        kl_old = jax.tree.map(
-            lambda x: parallel.strided_envs(x, config.kl_envs), gradient.old_dist
+        kl_obs, kl_old = natural_pg.kl_subset(
+            batch.obs, gradient.old_dist, config.kl_envs
         )
         return NaturalStep(step, info, kl_obs, kl_old), fit
 

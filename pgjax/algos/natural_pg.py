@@ -255,12 +255,7 @@ def _natural_step_phase(
           devices, each one linearises the KL on its own envs and the products
           are averaged.
         """
-        # The Fisher is measured on a strided subset of the envs, defined
-        # over global env indices (the same on any number of devices).
-        kl_obs = parallel.strided_envs(batch.obs, config.kl_envs)
-        kl_old = jax.tree.map(
-            lambda x: parallel.strided_envs(x, config.kl_envs), gradient.old_dist
-        )
+        kl_obs, kl_old = kl_subset(batch.obs, gradient.old_dist, config.kl_envs)
         kl_envs = kl_obs.shape[1]
         sharded = parallel.env_shards_of(backend, kl_envs) > 1
 
@@ -283,6 +278,15 @@ def _natural_step_phase(
         return NaturalStep(step, step_info, kl_obs, kl_old)
 
     return natural_step
+
+
+def kl_subset(obs: Array, old_dist, kl_envs: int):
+    """``(obs, π_old)`` on the ``kl_envs`` strided envs of ``[T, N, ...]``
+    rows, where the Fisher (and the guarded step's KL) is measured: a subset
+    defined over global env indices, the same on any number of devices."""
+    return parallel.strided_envs(obs, kl_envs), jax.tree.map(
+        lambda x: parallel.strided_envs(x, kl_envs), old_dist
+    )
 
 
 def _fisher_solver(
@@ -529,14 +533,9 @@ def _targets_phase(
         advantages, returns = critic_lib.gae_targets(
             value_fn, batch, hyper, block_rows, spec, backend
         )
-        critic_params, value_stats = agent.critic, agent.value_stats
-        if config.value_norm:
-            # PopArt: regress on standardised targets, V kept unchanged.
-            value_stats, critic_params, returns = value_norm.fold_targets(
-                agent.value_stats, agent.critic, returns
-            )
-        if config.normalize_advantages:
-            advantages = losses.normalize_advantages(advantages)
+        advantages, returns, critic_params, value_stats = critic_lib.prepared_targets(
+            config, advantages, returns, agent.critic, agent.value_stats
+        )
         return Targets(advantages, returns, critic_params, value_stats)
 
     return targets_phase
