@@ -134,9 +134,15 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     },
     # Pendulum's dense reward over 200-step episodes: small batches (16
     # episodes) and many updates; 30 M steps run in about 3 minutes.
+    # γ 0.95 (rl-baselines3-zoo's PPO takes 0.9 here): Pendulum's reward is
+    # local, and a shorter horizon cuts the variance of the reward-to-go. In
+    # one program of 5 seeds × lr 0.001/0.003 × γ, every seed at γ 0.95 and
+    # 0.9 evaluated between −145 and −185; at 0.99, 5 of 10 settled at −690
+    # to −1050 (they were still crawling up at 30 M steps).
     ("reinforce", "Pendulum-v1"): {
         "num_envs": 16,
         "total_timesteps": 30_000_000,
+        "gamma": 0.95,
         "lr": 0.001,
         "critic_lr": 0.003,
         "normalize_obs": True,

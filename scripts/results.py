@@ -397,11 +397,15 @@ Pairs without a finished run of their current settings:
   scale: a seed whose first episodes all run to the 500-step limit gets no
   direction and stays at −500 (1 of 5 seeds with 16 envs at lr 0.005 or
   0.01, 3 of 5 with 64 envs at lr 0.003), while the others learn to about
-  −80; an entropy bonus (0.003, 0.01 or 0.03) left the same seed stuck. On
-  Pendulum some seeds settle between −680 and −920 while the others reach
-  about −145: 2 of 5 here. An entropy bonus does not remove them: on seeds
-  10-14, 1 of 5 without one, none with 0.001 and 2 with 0.01; with 0.001
-  on seeds 0-9, 4 of 10.
+  −80; an entropy bonus (0.003, 0.01 or 0.03) left the same seed stuck.
+* **A shorter horizon for REINFORCE on Pendulum** (γ 0.95; rl-baselines3-zoo's
+  PPO takes 0.9 there). Its reward is local, and the reward-to-go over
+  200 steps at γ 0.99 is noisy enough that some seeds were still crawling
+  up from −1,000 after 30 M steps: 5 of 10 evaluated at −690 to −1,050 in
+  one program of 5 seeds × lr 0.001 or 0.003, where the same program's
+  seeds at γ 0.95 and 0.9 all evaluated between −145 and −185 (means −153
+  and −167). An entropy bonus had not helped at γ 0.99 (with 0.001, 4 of
+  10 seeds stuck; with 0.01, 2 of 5).
 * **A policy that works only when sampled** shows as a gap between the mode
   and sampled columns: a deterministic policy can loop where sampling
   escapes. The natural-gradient presets on Acrobot take 64 × 16 batches with
