@@ -127,9 +127,18 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "max_kl": 0.02,
         "normalize_obs": True,
     },
+    # Whole-episode returns less the leave-one-out mean: Acrobot's first
+    # batches often hold no episode that reached the goal, and then every
+    # weight is exactly 0, so the policy keeps its uniform play until one
+    # does. Reward-to-go less a learned V turns such a batch's critic
+    # residuals into full-size steps of noise that can carry the policy away
+    # from the play that finds the goal: on seeds 100-115, 4 of 16 stayed at
+    # −500 that way, none with this preset (16 of 16 at −76 to −86).
     ("reinforce", "Acrobot-v1"): {
         "total_timesteps": 3_000_000,
         "lr": 0.005,
+        "returns": "total",
+        "baseline": "mean",
         "normalize_obs": True,
     },
     # Pendulum's dense reward over 200-step episodes: small batches (16

@@ -393,14 +393,23 @@ Pairs without a finished run of their current settings:
   continuous task the action cost alone teaches it to stand still. The field
   adds exploration (state-dependent noise as in rl-baselines3-zoo's gSDE
   settings, bonuses, or shaped rewards, which change the task); pgjax's
-  presets do not change the reward. Acrobot shows the same on a smaller
-  scale: a seed whose first episodes all run to the 500-step limit gets no
-  direction and stays at −500 (1 of 5 seeds with 16 envs at lr 0.005 or
-  0.01, 3 of 5 with 64 envs at lr 0.003), while the others learn to about
-  −80; an entropy bonus (0.003, 0.01 or 0.03) left the same seed stuck.
-  Nor does the shorter horizon that cures Pendulum (below): one program of
-  8 seeds × γ 0.95, 0.99 or 0.999 left 0, 2 and 1 seeds at −500, but 16
-  more seeds at γ 0.95 (100-115) left 4.
+  presets do not change the reward.
+* **Whole-episode returns less the leave-one-out mean for REINFORCE on
+  Acrobot.** Its first batches often hold no episode that reaches the goal
+  within the 500-step limit: every episode returns −500, and the gradient
+  is 0 in expectation. With whole returns less the mean of the other
+  episodes', every weight of such a batch is exactly 0 and so is the step,
+  and the policy keeps its uniform play until an episode reaches the goal
+  by chance (of 16 seeds, two had a gradient of exactly 0 in their first
+  one and two updates). With reward-to-go less a learned V, the weights are the
+  critic's residuals, noise that `--normalize-advantages` scales to unit
+  size and Adam to a full step: the policy drifts from the play that finds
+  the goal (entropy 1.099 to 1.02 in 20 updates) and can stay at −500 for
+  good. On seeds 100-115 that preset left 4 of 16 there, as it did at γ
+  0.95; an entropy bonus (0.003, 0.01 or 0.03) had not helped either. With
+  whole returns and the mean, all 16 evaluate at −76 to −86, each past −200
+  within 10 updates, in 155 s against 279 s (no critic to fit).
+  `tests/test_reinforce_estimator.py` checks the zero step.
 * **A shorter horizon for REINFORCE on Pendulum** (γ 0.95; rl-baselines3-zoo's
   PPO takes 0.9 there). Its reward is local, and the reward-to-go over
   200 steps at γ 0.99 is noisy enough that some seeds were still crawling

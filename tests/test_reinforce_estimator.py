@@ -191,6 +191,50 @@ def test_leave_one_out_mean_by_hand():
     np.testing.assert_array_equal(alone, 0.0)
 
 
+def _equal_returns_batch(steps: int = 12, episodes: int = 6):
+    """Acrobot-shaped episodes that all run to the time limit at −1 a step,
+    with random observations and actions: every episode returns the same."""
+    obs_key, action_key = jax.random.split(jax.random.PRNGKey(4))
+    obs = jax.random.normal(obs_key, (steps, episodes, 6))
+    shape = (steps, episodes)
+    return rollout.Transition(
+        obs=obs,
+        action=jax.random.randint(action_key, shape, 0, 3),
+        log_prob=jnp.zeros(shape),
+        reward=-jnp.ones(shape),
+        terminated=jnp.zeros(shape, bool),
+        truncated=jnp.zeros(shape, bool).at[-1].set(True),
+        next_obs=obs,
+        completed_return=jnp.zeros(shape),
+        completed_length=jnp.zeros(shape, jnp.int32),
+        valid=jnp.ones(shape, bool),
+    )
+
+
+def test_equal_returns_give_a_zero_step_only_with_total_returns_and_the_mean():
+    """No episode did better than another, so the estimate's mean is 0. Whole
+    returns less the leave-one-out mean make every weight exactly 0, even after
+    ``--normalize-advantages``; reward-to-go less an (untrained) V leaves the
+    critic's residuals, which the standardisation scales to unit size (and
+    Adam to a full step): noise that moves the policy."""
+    batch = _equal_returns_batch()
+    norms = {}
+    for returns, baseline in [("total", "mean"), ("reward-to-go", "value")]:
+        config = _config(
+            env="Acrobot-v1",
+            num_envs=6,
+            gamma=0.99,
+            returns=returns,
+            baseline=baseline,
+            normalize_advantages=True,
+        )
+        _, estimator, agent, hyper = _setup(config)
+        grad = _flat_actor_grad(jax.jit(estimator.gradient)(agent, batch, hyper))
+        norms[returns] = float(jnp.linalg.norm(grad))
+    assert norms["total"] == 0.0
+    assert norms["reward-to-go"] > 0.1
+
+
 # ------------------------------------------------ the estimate, by Python loop
 
 
