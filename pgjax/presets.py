@@ -120,11 +120,17 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Natural steps on MountainCar and Acrobot: normalised observations and
     # small batches (64 × 16), so a million steps give 1,000 updates, each
     # within a KL of 0.02; 256 × 32 leaves too few updates to reach the goal.
+    # The critic fitted as hard as TRPO's (10 epochs of 8 minibatches): its
+    # errors are the advantages' only direction before the first success. On
+    # seeds 10-19, 9 of 10 reach −110 (mean −101.8) where 2 epochs of 4 reach
+    # 6 (mean −126.3; two seeds never found the goal).
     ("npg", "MountainCar-v0"): {
         "num_envs": 64,
         "num_steps": 16,
         "total_timesteps": 1_000_000,
         "max_kl": 0.02,
+        "critic_epochs": 10,
+        "critic_minibatches": 8,
         "normalize_obs": True,
     },
     # Whole-episode returns less the leave-one-out mean: Acrobot's first
