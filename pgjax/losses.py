@@ -340,15 +340,21 @@ def normalize_advantages(
     Statistics come from the valid entries only; padded entries come back as 0.
     The result carries no gradient into the statistics' inputs.
 
+    Advantages that are all equal carry no signal, and come back as 0. Equal
+    up to the rounding of their mean counts as equal (a spread below 64 units
+    in the last place of the largest ``|A|``): divided by ``std + eps``, that
+    rounding would otherwise come back at unit scale, a step of pure noise.
+
     Args:
       advantages: ``[T, ...]``.
       mask: optional ``[T, ...]`` valid entries.
       eps: added to the standard deviation.
     """
     advantages = jax.lax.stop_gradient(advantages)
+    weights = jnp.ones_like(advantages) if mask is None else _as_float(mask, advantages)
     mean = masked_mean(advantages, mask)
-    var = masked_mean(jnp.square(advantages - mean), mask)
-    normalized = (advantages - mean) / (jnp.sqrt(var) + eps)
-    if mask is None:
-        return normalized
-    return normalized * _as_float(mask, advantages)
+    std = jnp.sqrt(masked_mean(jnp.square(advantages - mean), mask))
+    largest = jnp.max(jnp.where(weights > 0, jnp.abs(advantages), 0.0))
+    rounding = 64 * jnp.finfo(advantages.dtype).eps * largest
+    normalized = jnp.where(std > rounding, (advantages - mean) / (std + eps), 0.0)
+    return normalized * weights

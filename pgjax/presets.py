@@ -120,10 +120,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Natural steps on MountainCar and Acrobot: normalised observations and
     # small batches (64 × 16), so a million steps give 1,000 updates, each
     # within a KL of 0.02; 256 × 32 leaves too few updates to reach the goal.
-    # The critic fitted as hard as TRPO's (10 epochs of 8 minibatches): its
-    # errors are the advantages' only direction before the first success. On
-    # seeds 10-19, 9 of 10 reach −110 (mean −101.8) where 2 epochs of 4 reach
-    # 6 (mean −126.3; two seeds never found the goal).
+    # The critic fitted as TRPO's is (10 epochs of 8 minibatches): on seeds
+    # 10-19, 9 of 10 reach −110 (mean −101.8), against 6 of 10 (mean −126.3;
+    # two seeds without a single success) with 2 epochs of 4.
     ("npg", "MountainCar-v0"): {
         "num_envs": 64,
         "num_steps": 16,
@@ -133,13 +132,13 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "critic_minibatches": 8,
         "normalize_obs": True,
     },
-    # Whole-episode returns less the leave-one-out mean: Acrobot's first
-    # batches often hold no episode that reached the goal, and then every
-    # weight is exactly 0, so the policy keeps its uniform play until one
-    # does. Reward-to-go less a learned V turns such a batch's critic
-    # residuals into full-size steps of noise that can carry the policy away
-    # from the play that finds the goal: on seeds 100-115, 4 of 16 stayed at
-    # −500 that way, none with this preset (16 of 16 at −76 to −86).
+    # Whole-episode returns less the leave-one-out mean: a batch in which no
+    # episode reaches the goal (all −500) gets weights of exactly 0, so the
+    # policy keeps its uniform play until one does. Reward-to-go less a
+    # learned V turns such a batch's critic residuals into full-size steps of
+    # noise that can carry the policy away from the play that finds the goal:
+    # on seeds 100-115, 4 of 16 end at −500 that way, none with this preset
+    # (16 of 16 at −76 to −86).
     ("reinforce", "Acrobot-v1"): {
         "total_timesteps": 3_000_000,
         "lr": 0.005,
@@ -152,8 +151,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # γ 0.95 (rl-baselines3-zoo's PPO takes 0.9 here): Pendulum's reward is
     # local, and a shorter horizon cuts the variance of the reward-to-go. In
     # one program of 5 seeds × lr 0.001/0.003 × γ, every seed at γ 0.95 and
-    # 0.9 evaluated between −145 and −185; at 0.99, 5 of 10 settled at −690
-    # to −1050 (they were still crawling up at 30 M steps).
+    # 0.9 evaluates between −145 and −185; at 0.99, 5 of 10 end at −700 to
+    # −1,050, still climbing slowly after 30 M steps.
     ("reinforce", "Pendulum-v1"): {
         "num_envs": 16,
         "total_timesteps": 30_000_000,
@@ -244,8 +243,10 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # seeds 0-4 and 10-24, 17 of 20 seeds reach −200 (mean −195); the
     # earlier preset (λ 0.95, 2 critic epochs, PopArt, no annealing), 9 of 20
     # (mean −285). TRPO's settings without annealing: −208.1 on seeds 10-14.
-    # γ 0.95, as REINFORCE's: on seeds 0-4 and 10-19, 14 of 15 reach −200
-    # (mean −166) where γ 0.99 reaches 11 of 15 (mean −212).
+    # γ 0.95, as REINFORCE's: in one program per block of seeds, 14 of 15
+    # (seeds 0-4 and 10-19) reach −200 (mean −166), against 11 of 15 at
+    # γ 0.99 (mean −212). (Failures at 0.99 are chaotic: they move between
+    # seeds from one program to another.)
     ("npg", "Pendulum-v1"): {
         "num_steps": 64,
         "total_timesteps": 4_000_000,

@@ -395,29 +395,30 @@ Pairs without a finished run of their current settings:
   settings, bonuses, or shaped rewards, which change the task); pgjax's
   presets do not change the reward.
 * **Whole-episode returns less the leave-one-out mean for REINFORCE on
-  Acrobot.** Its first batches often hold no episode that reaches the goal
-  within the 500-step limit: every episode returns −500, and the gradient
-  is 0 in expectation. With whole returns less the mean of the other
-  episodes', every weight of such a batch is exactly 0 and so is the step,
-  and the policy keeps its uniform play until an episode reaches the goal
-  by chance (of 16 seeds, two had a gradient of exactly 0 in their first
-  one and two updates). With reward-to-go less a learned V, the weights are the
-  critic's residuals, noise that `--normalize-advantages` scales to unit
-  size and Adam to a full step: the policy drifts from the play that finds
-  the goal (entropy 1.099 to 1.02 in 20 updates) and can stay at −500 for
-  good. On seeds 100-115 that preset left 4 of 16 there, as it did at γ
-  0.95; an entropy bonus (0.003, 0.01 or 0.03) had not helped either. With
-  whole returns and the mean, all 16 evaluate at −76 to −86, each past −200
-  within 10 updates, in 155 s against 279 s (no critic to fit).
-  `tests/test_reinforce_estimator.py` checks the zero step.
+  Acrobot.** A batch in which no episode reaches the goal within the
+  500-step limit (every episode −500, common in the first updates) has a
+  gradient of 0 in expectation. With whole returns less the mean of the
+  other episodes' returns, every weight of such a batch is exactly 0 (the
+  mean is summed about a value of the batch, so equal returns give a mean
+  equal to them to the last bit), and so is the step: the policy keeps its
+  uniform play until an episode reaches the goal by chance. With
+  reward-to-go less a learned V, the weights are the critic's residuals,
+  noise that `--normalize-advantages` scales to unit size and Adam to a
+  full step: the policy drifts from the play that finds the goal (entropy
+  from 1.099 to 1.02 in 20 updates on the seed that failed) and can end at
+  −500. On seeds 100-115, reward-to-go less V leaves 4 of 16 seeds there,
+  at γ 0.99 as at γ 0.95, and an entropy bonus (0.003, 0.01 or 0.03) does
+  not free them; whole returns less the mean bring all 16 to −76 to −86,
+  each past −200 within 10 updates, in 155 s against 279 s (no critic to
+  fit). `tests/test_reinforce_estimator.py` checks the zero step.
 * **A shorter horizon for REINFORCE on Pendulum** (γ 0.95; rl-baselines3-zoo's
   PPO takes 0.9 there). Its reward is local, and the reward-to-go over
-  200 steps at γ 0.99 is noisy enough that some seeds were still crawling
-  up from −1,000 after 30 M steps: 5 of 10 evaluated at −690 to −1,050 in
-  one program of 5 seeds × lr 0.001 or 0.003, where the same program's
-  seeds at γ 0.95 and 0.9 all evaluated between −145 and −185 (means −153
-  and −167). An entropy bonus had not helped at γ 0.99 (with 0.001, 4 of
-  10 seeds stuck; with 0.01, 2 of 5).
+  200 steps at γ 0.99 is noisy enough that some seeds still climb slowly
+  from −1,000 after 30 M steps: 5 of 10 evaluate at −700 to −1,050 in one
+  program of 5 seeds × lr 0.001 or 0.003, where the same program's seeds
+  at γ 0.95 and 0.9 all evaluate between −145 and −185 (means −153 and
+  −167). At γ 0.99 an entropy bonus does not help (with 0.001, 4 of 10
+  seeds fall short of −200; with 0.01, 2 of 5).
 * **A policy that works only when sampled** shows as a gap between the mode
   and sampled columns: a deterministic policy can loop where sampling
   escapes. The natural-gradient presets on Acrobot take 64 × 16 batches with
@@ -425,24 +426,23 @@ Pairs without a finished run of their current settings:
   well.
 * **NPG's steps annealed on Pendulum, at γ 0.95** (`--anneal-kl`: the KL
   allowed per step falls linearly to 0), with TRPO's critic settings (GAE
-  λ 0.9, 5 critic epochs, rewards × 0.1). At γ 0.99, 17 of 20 seeds (0-4
-  and 10-24) reach −200, against 9 of 20 for the unannealed preset with
-  PopArt; its failures are rare and chaotic rather than tied to a seed (one
-  program of 40 runs, seeds 0-9 × max-kl 0.01 or 0.005 × cg-damping 0.1 or
-  0.3, evaluated every run between −131 and −213). The shorter horizon that
-  cures REINFORCE there removes most of the rest: on seeds 0-4 and 10-19,
-  14 of 15 reach −200 at γ 0.95 (mean −166), 11 of 15 at γ 0.99 (mean
-  −212).
+  λ 0.9, 5 critic epochs, rewards × 0.1). At γ 0.99, annealing brings 17
+  of 20 seeds (0-4 and 10-24, one program per five) to −200, against 9 of
+  20 unannealed with PopArt. The failures left are chaotic, not tied to a
+  seed: they move between seeds from one program to another (one program
+  of 40 runs, seeds 0-9 × max-kl 0.01 or 0.005 × cg-damping 0.1 or 0.3,
+  evaluates every run between −131 and −213). The shorter horizon that
+  cures REINFORCE there halves them: 14 of 15 seeds (0-4 and 10-19) reach
+  −200 at γ 0.95 (mean −166), 11 of 15 at γ 0.99 (mean −212).
 * **A critic fitted hard for TRPO on both MountainCars.** TRPO's line search
   keeps a step only if the surrogate improves, so noisy advantages from a
   lagging critic cost it whole updates. Its presets fit the critic for 10
   epochs of 8 minibatches per batch (rl-baselines3-zoo's TRPO takes 20
   critic updates per batch there): with 2 epochs of 4, 2 of 5 seeds reached
   MountainCar's goal and 3 of 5 the continuous one's. NPG's MountainCar
-  preset takes the same critic: before the first success the critic's
-  errors are the advantages' only direction. On seeds 10-19, 9 of 10 reach
-  −110 with it (mean −101.8), 6 of 10 with 2 epochs of 4 (mean −126.3; two
-  seeds never reached the goal).
+  preset takes the same critic: on seeds 10-19, 9 of 10 reach −110 with it
+  (mean −101.8), 6 of 10 with 2 epochs of 4 (mean −126.3; two seeds
+  without a single success).
 * **MinAtar: NPG with MinAtar's reference CNN.** Natural steps of KL 0.02 on
   64 envs × 32 steps, 4,900 of them in 10 M steps: on Breakout 64 × 32
   reached 19.1 after 3 M steps where 128 × 32 reached 15.4 and 32 × 32 8.5

@@ -644,6 +644,21 @@ def test_value_loss_gradients(jit):
 
 
 @JIT
+def test_normalize_advantages_of_equal_advantages_is_zero(jit):
+    """Equal advantages, or equal but for the rounding of the computation that
+    produced them, carry no signal: 0, not rounding noise at unit scale. A
+    small real spread is still standardised."""
+    fn = maybe_jit(losses.normalize_advantages, jit)
+    equal = np.full((500, 64), -99.34304, np.float32)
+    np.testing.assert_array_equal(np.asarray(fn(equal)), 0.0)
+    rounded = equal.copy()
+    rounded[::7, ::3] = np.nextafter(rounded[::7, ::3], np.float32(0))
+    np.testing.assert_array_equal(np.asarray(fn(rounded)), 0.0)
+    spread = equal + np.float32(1e-3) * np.arange(64, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(fn(spread)).std(), 1.0, rtol=1e-3)
+
+
+@JIT
 def test_normalize_advantages_statistics(jit):
     rng = np.random.default_rng(34)
     shape = (8, 5)

@@ -116,11 +116,15 @@ def leave_one_out_mean(g_hat: Array, valid: Array) -> Array:
     Returns:
       ``[T, N]``: ``b_i`` broadcast over column ``i``.
     """
-    mask = valid.astype(g_hat.dtype)
-    sums = jnp.sum(g_hat * mask, axis=0)
-    counts = jnp.sum(mask, axis=0)
+    # Sums of Ĝ less one of its values: the same mean in exact arithmetic, and
+    # when every episode returns the same, a mean equal to it to the last bit
+    # (weights of exactly 0, not rounding noise that Adam makes a full step).
+    reference = jnp.max(jnp.where(valid, g_hat, -jnp.inf))
+    shifted = jnp.where(valid, g_hat - reference, 0.0)
+    sums = jnp.sum(shifted, axis=0)
+    counts = jnp.sum(valid.astype(g_hat.dtype), axis=0)
     others = jnp.sum(counts) - counts
-    mean = (jnp.sum(sums) - sums) / jnp.maximum(others, 1.0)
+    mean = reference + (jnp.sum(sums) - sums) / jnp.maximum(others, 1.0)
     return jnp.broadcast_to(jnp.where(others > 0, mean, 0.0), g_hat.shape)
 
 
