@@ -35,11 +35,14 @@ def test_a_fresh_run_of_the_plain_command_is_current(tmp_path):
         assert results.changed_settings(run_dir, algo, env, 3) == ["num_seeds 2 → 3"]
 
 
-def fake_run(run_dir: Path, eval_per_seed, sampled_per_seed, interrupted=False):
-    """A finished run folder of the pair's plain command (named ``algo-env``):
-    config.json, summary.json and a metrics.csv."""
+def fake_run(
+    run_dir: Path, eval_per_seed, sampled_per_seed, interrupted=False, env=None
+):
+    """A finished run folder of the pair's plain command (named ``algo-env``,
+    or give ``env``): config.json, summary.json and a metrics.csv."""
     run_dir.mkdir(parents=True)
-    algo, _, env = run_dir.name.partition("-")
+    algo, _, named_env = run_dir.name.partition("-")
+    env = env or named_env
     config = written_config(algo, env, len(eval_per_seed))
     (run_dir / "config.json").write_text(json.dumps(config))
     summary = {
@@ -139,6 +142,47 @@ def test_the_table_keeps_every_current_run_when_one_pair_is_asked_for(tmp_path):
     # Pairs of the default grid without a run are listed; MinAtar's are not.
     assert "* trpo on Pendulum-v1" in text
     assert "* a2c on Breakout-MinAtar" not in text
+
+
+def test_a_suite_environment_has_one_folder_and_one_figure_name(tmp_path):
+    # brax/hopper names no subfolder: its run folder and figure are flat.
+    assert results.run_folder(tmp_path, "trpo", "brax/hopper") == (
+        tmp_path / "trpo-brax-hopper"
+    )
+    assert results.file_stem("brax/hopper") == "brax-hopper"
+    assert results.file_stem("CartPole-v1") == "CartPole-v1"
+
+
+def test_the_hopper_reference_names_the_simulator_it_comes_from():
+    # The zoo trained on MuJoCo's Hopper-v3, not on brax's pipeline.
+    assert results.reference("trpo", "brax/hopper") == (
+        "3618.4 ± 356.8 (trpo, 1M; MuJoCo Hopper-v3)"
+    )
+    assert results.reference("npg", "brax/hopper") == (
+        "3618.4 ± 356.8 (trpo, 1M; MuJoCo Hopper-v3)"
+    )
+    assert results.reference("a2c", "brax/hopper") == (
+        "733.5 ± 376.6 (a2c, 1M; MuJoCo Hopper-v3)"
+    )
+
+
+def test_a_brax_row_is_tabulated_from_its_flat_folder(tmp_path):
+    pytest.importorskip("brax")
+    runs = tmp_path / "runs"
+    fake_run(runs / "trpo-brax-hopper", [2000.0, 1000.0], [1900.0, 900.0],
+             env="brax/hopper")  # fmt: skip
+    out = tmp_path / "docs" / "results.md"
+    argv = ["--algos", "trpo", "--envs", "brax/hopper", "--num-seeds", "2"]
+    assert (
+        results.main([*argv, "--runs", str(runs), "--out", str(out), "--no-train"]) == 0
+    )
+    text = out.read_text()
+    assert "| trpo | brax/hopper | 1500.0 ± 500.0 | – | 1400.0 ± 500.0 |" in text
+    assert "(trpo, 1M; MuJoCo Hopper-v3) |" in text
+    assert (
+        (out.parent / "results" / "brax-hopper.png").read_bytes().startswith(PNG_MAGIC)
+    )
+    assert "](results/brax-hopper.png)" in text
 
 
 def test_reference_without_a_zoo_row_is_the_best_of_the_task():
