@@ -388,7 +388,10 @@ about 150k steps, with the steps it trained for. The zoo has no REINFORCE or
 NPG; their rows show the best of its A2C, PPO and TRPO on the task. On the
 MinAtar games it is gymnax's PPO checkpoint (the "Ckpt (Return)" column of
 https://github.com/RobertTLange/gymnax; Lange 2022): 10 M steps of PPO with an
-MLP on the flattened frames, trained by gymnax-blines.
+MLP on the flattened frames, trained by gymnax-blines. brax's hopper has no
+published figure of its own: its rows show the zoo's MuJoCo Hopper-v3 agents
+(the same hopper.xml, reward and termination, on MuJoCo's simulator rather
+than brax's `generalized` pipeline), and no bar of *solved*.
 
 Regenerate with `python scripts/results.py`: it trains the pairs of the
 classic-control grid (or those of `--algos`/`--envs`, e.g. `--algos npg
@@ -450,6 +453,24 @@ Pairs without a finished run of their current settings:
   at γ 0.95 and 0.9 all evaluate between −145 and −185 (means −153 and
   −167). At γ 0.99 an entropy bonus does not help (with 0.001, 4 of 10
   seeds fall short of −200; with 0.01, 2 of 5).
+* **brax's hopper: rl-baselines3-zoo's TRPO settings for MuJoCo, with
+  PopArt.** TRPO and NPG take 2,048 steps a batch (32 envs × 64), 20
+  critic epochs of 16 minibatches, 25 CG iterations and a KL of 0.01, as
+  the zoo's TRPO does on Hopper-v4. The zoo also normalises rewards; here
+  PopArt (`--value-norm`) scales the critic's targets, which grow to a few
+  hundred: on seeds 10-11, TRPO evaluates at 2,527 with it and 1,908
+  without (λ 0.98 or KL 0.03 without it: 2,010-2,104). At that KL the line
+  search keeps the full natural step in 2,444 of the 2,445 updates of the
+  five seeds (one backtrack, on seed 2), so TRPO and NPG train the other
+  four seeds to the same policies and the same evaluations. Their training
+  return levels off at 1,600-2,000 after 0.3 M steps, each seed's hopper
+  falling after 300-650 steps; the mode evaluates above the sampled play
+  (2,215 against 1,637 for TRPO). A2C takes many small batches (16 envs ×
+  8 steps, 7,800 Adam steps in 1 M steps) at lr 0.0003, with PopArt: with
+  32 × 32 and no PopArt, both lr 0.0003 and 0.001 left its policy's std
+  near 1 (entropy 4.1 of 4.3 at the start) and evaluated near 635; with
+  16 × 8, lr 0.001 evaluated at 394 and 357 on seeds 10-11, lr 0.0003 at
+  2,043 and 916.
 * **A policy that works only when sampled** shows as a gap between the mode
   and sampled columns: a deterministic policy can loop where sampling
   escapes. The natural-gradient presets on Acrobot take 64 × 16 batches with
