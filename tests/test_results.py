@@ -59,6 +59,15 @@ def fake_run(
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
+def table(runs: Path, out: Path, algos: str, envs: str, num_seeds: int) -> str:
+    """The page ``results.py --no-train`` writes for ``algos`` × ``envs``."""
+    argv = ["--algos", algos, "--envs", envs, "--num-seeds", str(num_seeds)]
+    assert (
+        results.main([*argv, "--runs", str(runs), "--out", str(out), "--no-train"]) == 0
+    )
+    return out.read_text()
+
+
 def test_table_from_finished_runs(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs / "a2c-CartPole-v1", [500.0, 450.0], [490.0, 470.0])
@@ -128,12 +137,7 @@ def test_the_table_keeps_every_current_run_when_one_pair_is_asked_for(tmp_path):
     fake_run(runs / "a2c-CartPole-v1", [500.0, 500.0], [500.0, 500.0])
     # A pair not asked for keeps its own number of seeds.
     fake_run(runs / "npg-Breakout-MinAtar", [30.0, 20.0, 25.0], [29.0, 21.0, 25.0])
-    out = tmp_path / "results.md"
-    argv = ["--algos", "a2c", "--envs", "CartPole-v1", "--num-seeds", "2"]
-    assert (
-        results.main([*argv, "--runs", str(runs), "--out", str(out), "--no-train"]) == 0
-    )
-    text = out.read_text()
+    text = table(runs, tmp_path / "results.md", "a2c", "CartPole-v1", 2)
     assert "| a2c | CartPole-v1 | 500.0 ± 0.0 | 2/2 |" in text
     # MinAtar rows: the bar of "solved" is gymnax's PPO return (28 here).
     assert "| npg | Breakout-MinAtar | 25.0 ± 4.1 | 1/3 |" in text
@@ -172,11 +176,7 @@ def test_a_brax_row_is_tabulated_from_its_flat_folder(tmp_path):
     fake_run(runs / "trpo-brax-hopper", [2000.0, 1000.0], [1900.0, 900.0],
              env="brax/hopper")  # fmt: skip
     out = tmp_path / "docs" / "results.md"
-    argv = ["--algos", "trpo", "--envs", "brax/hopper", "--num-seeds", "2"]
-    assert (
-        results.main([*argv, "--runs", str(runs), "--out", str(out), "--no-train"]) == 0
-    )
-    text = out.read_text()
+    text = table(runs, out, "trpo", "brax/hopper", 2)
     assert "| trpo | brax/hopper | 1500.0 ± 500.0 | – | 1400.0 ± 500.0 |" in text
     assert "(trpo, 1M; MuJoCo Hopper-v3) |" in text
     assert (
