@@ -24,6 +24,10 @@ core sees its choices through the :class:`~pgjax.backend.Backend` that
   shorter compiles at the same speed. Programs that run once are built at
   level 0 (half the compile time; they run for milliseconds), a heavy one
   (a sweep's final evaluation) at level 1.
+* **Batched linear algebra** (:mod:`pgjax.cpu_linalg`): a Cholesky, LU or
+  triangular solve over a batch large enough for jaxlib to split across the
+  thread pool lowers to XLA's own expansion instead: two such splits at once
+  deadlock a 2-core pool (brax's mass matrices, evaluated in large batches).
 * **Weight gradients** (:func:`dense_dot`): XLA:CPU emits the weight gradient
   ``xᵀ·g`` (both operands contracted on their leading axis) through a slow
   generic path; a transposed copy turns it into an ordinary product.
@@ -37,6 +41,7 @@ from typing import Any
 import jax
 from jax import lax
 
+from pgjax import cpu_linalg
 from pgjax.backend import Backend, make_mesh
 
 Array = jax.Array
@@ -138,7 +143,9 @@ def use_cpu_cores(count: int | None = None) -> bool:
 def cpu_backend(algo: str, devices: list, rows: int, num_envs: int) -> Backend:
     """The CPU profile for ``algo`` over ``devices`` (see the module docstring),
     with the mesh of :func:`pgjax.backend.make_mesh` for ``rows`` seeds of
-    ``num_envs`` envs."""
+    ``num_envs`` envs. Installs :func:`pgjax.cpu_linalg.install`, so that the
+    run's batched LAPACK calls cannot deadlock XLA's thread pool."""
+    cpu_linalg.install()
     return Backend(
         mesh=make_mesh(devices, rows, num_envs),
         block_rows=BLOCK_ROWS,

@@ -40,6 +40,12 @@ def test_library_import_leaves_other_libraries_alone():
         loaded = [m for m in ("matplotlib", "matplotlib.pyplot", "seaborn", "pandas")
                   if m in sys.modules]
         assert not loaded, loaded
+        # JAX lowers linear algebra as it would without pgjax
+        # (pgjax.cpu_linalg.install is the shell's, and the user's, call).
+        from jax.interpreters import mlir
+        from jax.lax import linalg
+        rule = mlir._platform_specific_lowerings["cpu"][linalg.cholesky_p].rule
+        assert rule.__module__.startswith("jax"), rule.__module__
         """
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pgjax import cpu_linalg
 from pgjax.checkpoints import Checkpointer, CheckpointError
 from pgjax.config import TrainConfig
 from pgjax.runner.folder import RunFolderError, load_run_config
@@ -17,7 +18,12 @@ from pgjax.train import Trainer, make_train
 
 
 def open_run(run_dir: Path) -> tuple[TrainConfig, Trainer, Layout]:
-    """``(config, trainer, layout)`` of the run in ``run_dir`` (its config.json)."""
+    """``(config, trainer, layout)`` of the run in ``run_dir`` (its config.json).
+
+    Installs :func:`pgjax.cpu_linalg.install` as a run does: the scripts that
+    read a run evaluate its policy in batches as large as the run's own.
+    """
+    cpu_linalg.install()
     config, sweep = load_run_config(run_dir)
     try:
         trainer = make_train(config)

@@ -1,0 +1,130 @@
+"""pgjax.cpu_linalg: batched LAPACK calls that jaxlib would split across XLA's
+thread pool lower to XLA's expansion, so two at once cannot deadlock it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import jax.numpy as jnp
+import pytest
+from jax.core import ShapedArray
+
+from pgjax import cpu_linalg
+
+
+def ctx(*shapes, dtype=jnp.float32):
+    """A stand-in for a lowering context: only ``avals_in`` is read."""
+    return types.SimpleNamespace(avals_in=[ShapedArray(s, dtype) for s in shapes])
+
+
+def test_costs_are_jaxlibs_flop_estimates():
+    assert cpu_linalg.cholesky_cost(ctx((8, 14, 14))) == 14**3 // 3
+    assert cpu_linalg.cholesky_cost(ctx((14, 14), dtype=jnp.complex64)) == 3 * 914
+    left = ctx((14, 14), (14, 3))
+    assert cpu_linalg.triangular_solve_cost(left, left_side=True) == 14 * 3 * 14
+    right = ctx((3, 3), (14, 3))
+    assert cpu_linalg.triangular_solve_cost(right, left_side=False) == 14 * 3 * 3
+    assert cpu_linalg.lu_cost(ctx((5, 6, 4))) == 6 * 4 * 4
+
+
+@pytest.mark.parametrize(
+    "batch, cost, splits",
+    [
+        # 14 × 14 Cholesky (914 flops): chunks of at least 219 matrices.
+        (218, 914, False),  # 199,252 flops in all: run whole
+        (219, 914, False),  # one chunk holds them all
+        (220, 914, True),
+        # 14 × 14 solve against 14 right-hand sides: chunks of 73 or more.
+        (73, 2744, False),
+        (74, 2744, True),
+        (1, 10**9, False),  # one matrix: nothing to split
+        (10**6, 0, False),  # 1 × 1 Cholesky: 1³/3 rounds to no work
+    ],
+)
+def test_lapack_splits_follows_jaxlibs_chunking(batch, cost, splits):
+    assert cpu_linalg.lapack_splits(batch, cost) is splits
+
+
+# Independent batched factorisations in one program, as brax's mass matrices
+# meet in an evaluation. With jaxlib's split, each blocks one of XLA's pool
+# threads (NPROC=2 fixes the pool's size on any machine) waiting for pieces
+# queued behind the other; whether they meet is a race, so the program's
+# lowering is checked too: no LAPACK call above the split, LAPACK below it.
+PROGRAM = textwrap.dedent(
+    """
+    import re
+    import jax, jax.numpy as jnp, numpy as np
+    from pgjax import cpu_linalg
+
+    def spd(seed, batch, n=14):
+        a = jax.random.normal(jax.random.key(seed), (batch, n, n))
+        return a @ jnp.swapaxes(a, -1, -2) + n * jnp.eye(n)
+
+    def solve_pos(m):
+        eye = jnp.broadcast_to(jnp.eye(m.shape[-1]), m.shape)
+        return jax.scipy.linalg.solve(m, eye, assume_a="pos")
+
+    def lu(m):
+        return jax.lax.linalg.lu(m)[0]
+
+    def side_by_side(seed, batch):
+        return [f(spd(seed + i, batch)) for i, f in enumerate(2 * [solve_pos, lu])]
+
+    def lapack_calls(batch):
+        text = jax.jit(side_by_side, static_argnums=1).lower(0, batch).as_text()
+        return sorted(set(re.findall(r"@(lapack_\\w+)", text)))
+
+    # One call per program: nothing runs beside it.
+    ref = [jax.jit(f)(spd(i, 512)) for i, f in enumerate(2 * [solve_pos, lu])]
+    small = jax.jit(side_by_side, static_argnums=1)(0, 64)
+    assert lapack_calls(512), "jaxlib lowers these to LAPACK"
+    assert cpu_linalg.install() == ("cholesky", "lu", "triangular_solve")
+    assert cpu_linalg.install() == ("cholesky", "lu", "triangular_solve")
+    assert lapack_calls(512) == [], lapack_calls(512)
+    assert len(lapack_calls(64)) == 3, lapack_calls(64)  # potrf, trsm, getrf
+
+    program = jax.jit(side_by_side, static_argnums=1)
+    for seed in range(5):
+        jax.block_until_ready(program(seed, 512))
+    for out, expected in zip(program(0, 512), ref):
+        np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-5)
+    # Below the split: LAPACK, bit for bit.
+    for out, expected in zip(jax.jit(side_by_side, static_argnums=1)(0, 64), small):
+        assert bool(jnp.all(out == expected))
+    print("finished")
+    """
+)
+
+
+def test_side_by_side_batched_solves_finish_and_agree_with_lapack():
+    env = {**os.environ, "NPROC": "2", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("finished")
+
+
+def test_the_cpu_profile_installs_it():
+    # Every CPU run builds its backend here (pgjax.hardware.backend_for); a
+    # fresh interpreter, since tests in this one built backends already.
+    code = """
+    import jax
+    from pgjax import cpu, cpu_linalg
+    assert not cpu_linalg._installed
+    cpu.cpu_backend("trpo", jax.devices()[:1], rows=1, num_envs=16)
+    assert set(cpu_linalg.COSTS) == cpu_linalg._installed
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
