@@ -16,8 +16,10 @@ the calls it would split with XLA's own expansion of the operation (the
 lowering JAX uses on TPUs), which runs inside the program's own loops and
 blocks no thread. A call below the split threshold compiles exactly as before,
 so its results are unchanged bit for bit. XLA's expansion runs a large batch
-about 2× slower than LAPACK's split; on brax/ant, where these calls are a small
-part of a step, TRPO's steps/s moved by less than the machine's noise.
+about 2× slower than LAPACK's split (512 Cholesky solves of 14 × 14: 10.8 ms
+against 4.4 ms on 2 cores), but these calls are a small part of a brax step:
+A2C on brax/ant with 512 envs, whose every step splits, ran at 5,459-5,607
+steps/s with the reroute and 5,552-6,375 without (2 runs each, alternating).
 
 Other LAPACK operations (eigh, svd, qr, eig) split their batches the same way
 but have no XLA expansion on a CPU; pgjax's programs do not batch them.

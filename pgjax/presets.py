@@ -339,6 +339,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("npg", "brax/hopper"): _BRAX_HOPPER_NATURAL,
     ("trpo", "brax/hopper"): _BRAX_HOPPER_NATURAL,
+    # brax's ant (Gym Ant's reward: forward velocity + 1 a step alive − 0.5·|a|²,
+    # ended when the torso leaves 0.2-1.0 m) takes hopper's settings, which
+    # are the zoo's TRPO settings for MuJoCo's Ant too.
+    ("npg", "brax/ant"): _BRAX_HOPPER_NATURAL,
+    ("trpo", "brax/ant"): _BRAX_HOPPER_NATURAL,
     # Asterix and SpaceInvaders take the PPO reference's entropy bonus (0.01),
     # as Freeway does: single seeds without it learned (evaluated at 40.8 and
     # 145) while their entropy fell to 0.06 and 0.01, and Freeway showed that

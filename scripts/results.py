@@ -59,7 +59,7 @@ MINATAR = (
 
 #: brax's locomotion tasks (``pip install -e ".[brax]"``), also outside the
 #: default grid: ``--envs brax/hopper --algos a2c,npg,trpo`` trains them.
-BRAX = ("brax/hopper",)
+BRAX = ("brax/hopper", "brax/ant")
 
 #: gymnax's PPO checkpoints (the "Ckpt (Return)" column of gymnax's README,
 #: https://github.com/RobertTLange/gymnax, Lange 2022), trained by
@@ -99,6 +99,10 @@ ZOO: dict[tuple[str, str], tuple[float, float, str]] = {
     ("a2c", "brax/hopper"): (733.5, 376.6, "1M"),
     ("trpo", "brax/hopper"): (3618.4, 356.8, "1M"),
     ("ppo", "brax/hopper"): (2410.4, 10.0, "1M"),
+    # brax's ant takes Gym Ant's reward and termination on brax's own
+    # ant.xml: the zoo's Ant-v3 rows are the nearest.
+    ("trpo", "brax/ant"): (4982.3, 663.8, "1M"),
+    ("ppo", "brax/ant"): (1327.2, 451.6, "1M"),
 }
 
 
@@ -315,7 +319,7 @@ def reference(algo: str, env: str) -> str:
 
 #: The published task behind an environment's *published* figure where that
 #: task runs on another simulator.
-PUBLISHED_ON = {"brax/hopper": "MuJoCo Hopper-v3"}
+PUBLISHED_ON = {"brax/hopper": "MuJoCo Hopper-v3", "brax/ant": "MuJoCo Ant-v3"}
 
 
 def simulator(env: str) -> str:

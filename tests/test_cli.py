@@ -166,8 +166,10 @@ def test_a2c_smoke_metrics_csv(a2c_run):
         assert steps == [512 * (i + 1) for i in range(updates)]
         walls = [float(r["wall_time"]) for r in mine]
         assert walls == sorted(walls)
-        # wall_time counts from process start, so compilation is included.
-        assert walls[0] >= summary["compile_seconds"]
+        # wall_time counts from process start, so compilation is included:
+        # all of it but the final evaluation's, compiled after the last row.
+        after_last_row = summary["wall_seconds"] - walls[-1]
+        assert walls[0] >= summary["compile_seconds"] - after_last_row
         for r in mine:
             float(r["policy_loss"])  # a number in every row
             float(r["value_loss"])
