@@ -11,18 +11,18 @@ run at once whenever a program holds two of them, e.g. a batch of brax/ant
 episodes evaluated with the mode and the sampled policy side by side: 2 seeds ×
 128 episodes of its 14 × 14 mass matrices are enough.
 
-:func:`install` keeps LAPACK for every call that jaxlib runs whole and lowers
-the calls it would split with XLA's own expansion of the operation (the
-lowering JAX uses on TPUs), which runs inside the program's own loops and
-blocks no thread. A call below the split threshold compiles exactly as before,
-so its results are unchanged bit for bit. XLA's expansion runs a large batch
-about 2× slower than LAPACK's split (512 Cholesky solves of 14 × 14: 10.8 ms
-against 4.4 ms on 2 cores), but these calls are a small part of a brax step:
-A2C on brax/ant with 512 envs, whose every step splits, ran at 5,459-5,607
-steps/s with the reroute and 5,552-6,375 without (2 runs each, alternating).
+:func:`install` lowers a call that jaxlib would split as consecutive slices
+of its batch, each small enough for jaxlib to run whole on whichever thread
+reaches it. The slices are independent calls, so XLA still runs them side by
+side on the pool's threads, and none of them blocks a thread. LAPACK factors
+each matrix on its own, so the results are those of the unsliced call bit for
+bit, and the speed that of jaxlib's split (512 Cholesky solves and LU
+factorisations of 14 × 14 matrices on 2 cores: 1.8-2.0 ms sliced, 1.8-2.2 ms
+split; XLA's own expansion of the operations, the other way round the
+deadlock, took 9-12 ms).
 
-Other LAPACK operations (eigh, svd, qr, eig) split their batches the same way
-but have no XLA expansion on a CPU; pgjax's programs do not batch them.
+Other LAPACK operations (eigh, svd, qr, eig) split their batches the same way;
+pgjax's programs do not batch them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import mlir
 from jax.lax import linalg
@@ -94,13 +95,35 @@ def _batch_size(ctx) -> int:
     return math.prod(ctx.avals_in[0].shape[:-2])
 
 
-def _unsplit_rule(lapack: Callable, expansion: Callable, cost: Callable) -> Callable:
-    """A CPU lowering rule: ``lapack`` for calls jaxlib runs whole,
-    ``expansion`` (XLA's) for calls it would split."""
+def _slice_size(cost_per_matrix: int) -> int:
+    """The most matrices of this cost that jaxlib runs whole."""
+    return max(1, (JAXLIB_MIN_WORK_PER_TASK - 1) // max(cost_per_matrix, 1))
+
+
+def _sliced_rule(primitive, lapack: Callable, cost: Callable) -> Callable:
+    """A CPU lowering rule for ``primitive``: ``lapack`` for a call that
+    jaxlib runs whole, else the call repeated over slices of the batch (every
+    operand and result ``[*batch, ...]``) that it runs whole, concatenated."""
+    multiple = primitive.multiple_results
 
     def rule(ctx, *args, **params):
-        split = lapack_splits(_batch_size(ctx), cost(ctx, **params))
-        return (expansion if split else lapack)(ctx, *args, **params)
+        batch, per_matrix = _batch_size(ctx), cost(ctx, **params)
+        if not lapack_splits(batch, per_matrix):
+            return lapack(ctx, *args, **params)
+        size = _slice_size(per_matrix)
+        batch_shape = ctx.avals_in[0].shape[:-2]
+
+        def sliced(*operands):
+            flat = [x.reshape(batch, *x.shape[len(batch_shape) :]) for x in operands]
+            pieces = []
+            for start in range(0, batch, size):
+                out = primitive.bind(*(x[start : start + size] for x in flat), **params)
+                pieces.append(out if multiple else [out])
+            joined = [jnp.concatenate(parts) for parts in zip(*pieces, strict=True)]
+            joined = [x.reshape(*batch_shape, *x.shape[1:]) for x in joined]
+            return joined if multiple else joined[0]
+
+        return mlir.lower_fun(sliced, multiple_results=multiple)(ctx, *args)
 
     return rule
 
@@ -119,10 +142,9 @@ def install() -> tuple[str, ...]:
     before = len(_installed)
     for primitive, cost in COSTS.items():
         lapack = cpu_rules.get(primitive)
-        expansion = mlir._lowerings.get(primitive)
-        if primitive in _installed or lapack is None or expansion is None:
+        if primitive in _installed or lapack is None:
             continue
-        rule = _unsplit_rule(lapack.rule, expansion.rule, cost)
+        rule = _sliced_rule(primitive, lapack.rule, cost)
         mlir.register_lowering(primitive, rule, platform="cpu", inline=lapack.inline)
         _installed.add(primitive)
     if len(_installed) > before:
