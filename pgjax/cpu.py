@@ -26,7 +26,7 @@ core sees its choices through the :class:`~pgjax.backend.Backend` that
   (a sweep's final evaluation) at level 1.
 * **Batched linear algebra** (:mod:`pgjax.cpu_linalg`): a Cholesky, LU or
   triangular solve over a batch large enough for jaxlib to split across the
-  thread pool lowers to XLA's own expansion instead: two such splits at once
+  thread pool runs as slices that jaxlib runs whole: two splits at once
   deadlock a 2-core pool (brax's mass matrices, evaluated in large batches).
 * **Weight gradients** (:func:`dense_dot`): XLA:CPU emits the weight gradient
   ``xᵀ·g`` (both operands contracted on their leading axis) through a slow

@@ -1,5 +1,5 @@
 """pgjax.cpu_linalg: batched LAPACK calls that jaxlib would split across XLA's
-thread pool lower to XLA's expansion, so two at once cannot deadlock it."""
+thread pool run as slices it runs whole, so two at once cannot deadlock it."""
 
 import os
 import subprocess
