@@ -18,8 +18,8 @@ side on the pool's threads, and none of them blocks a thread. LAPACK factors
 each matrix on its own, so the results are those of the unsliced call bit for
 bit, and the speed that of jaxlib's split (512 Cholesky solves and LU
 factorisations of 14 × 14 matrices on 2 cores: 1.8-2.0 ms sliced, 1.8-2.2 ms
-split; XLA's own expansion of the operations, the other way round the
-deadlock, took 9-12 ms).
+split; XLA's own expansion of the operations, another way around the split,
+took 9-12 ms).
 
 Other LAPACK operations (eigh, svd, qr, eig) split their batches the same way;
 pgjax's programs do not batch them.
