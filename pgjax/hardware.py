@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax
 
-from pgjax import cpu
+from pgjax import cpu, cpu_linalg
 from pgjax.backend import Backend, make_mesh
 from pgjax.config import TrainConfig
 
@@ -39,8 +39,11 @@ def prepare_devices(
 
     A no-op where the device count is already fixed (``XLA_FLAGS``' forced
     host device count, or JAX already started) and, in effect, on
-    accelerators, whose devices are the chips.
+    accelerators, whose devices are the chips. Installs
+    :func:`pgjax.cpu_linalg.install` too, while nothing is compiled: later,
+    installing clears JAX's caches, which costs their programs a recompile.
     """
+    cpu_linalg.install()
     cpu.use_cpu_cores(cpu_device_count(algo, num_envs, num_steps, rows, devices))
 
 

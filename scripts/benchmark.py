@@ -62,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgjax import cpu  # imports jax, starts no backend
+from pgjax import cpu, cpu_linalg  # import jax, start no backend
 
 
 def _devices_flag(argv: list[str]) -> int:
@@ -76,6 +76,7 @@ def _devices_flag(argv: list[str]) -> int:
 if __name__ == "__main__":
     # On a CPU, one JAX device per core (or --devices): before gymnax
     # (imported below) starts JAX's backends.
+    cpu_linalg.install()  # before anything compiles (see pgjax.hardware)
     cpu.use_cpu_cores(_devices_flag(sys.argv[1:]) or None)
 
 import jax  # noqa: E402
