@@ -105,33 +105,33 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def test_side_by_side_batched_solves_finish_and_agree_with_lapack():
-    env = {**os.environ, "NPROC": "2", "JAX_PLATFORMS": "cpu"}
+def run_fresh(code: str, **env: str) -> str:
+    """``code`` run by a fresh interpreter (``env`` added to its environment):
+    install() changes JAX for the whole process. Returns its stdout."""
     done = subprocess.run(
-        [sys.executable, "-c", PROGRAM],
-        env=env,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("finished")
+    return done.stdout
+
+
+def test_side_by_side_batched_solves_finish_and_agree_with_lapack():
+    assert run_fresh(PROGRAM, NPROC="2").strip().endswith("finished")
 
 
 def test_the_cpu_profile_installs_it():
     # Every CPU run builds its backend here (pgjax.hardware.backend_for); a
     # fresh interpreter, since tests in this one built backends already.
-    code = """
-    import jax
-    from pgjax import cpu, cpu_linalg
-    assert not cpu_linalg._installed
-    cpu.cpu_backend("trpo", jax.devices()[:1], rows=1, num_envs=16)
-    assert set(cpu_linalg.COSTS) == cpu_linalg._installed
-    """
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    run_fresh(
+        """
+        import jax
+        from pgjax import cpu, cpu_linalg
+        assert not cpu_linalg._installed
+        cpu.cpu_backend("trpo", jax.devices()[:1], rows=1, num_envs=16)
+        assert set(cpu_linalg.COSTS) == cpu_linalg._installed
+        """
     )
-    assert done.returncode == 0, done.stderr[-2000:]
