@@ -24,6 +24,18 @@ _BRAX_HOPPER_NATURAL: dict[str, Any] = {
     "normalize_obs": True,
 }
 
+#: A2C's brax/hopper settings (see the presets below).
+_BRAX_HOPPER_A2C: dict[str, Any] = {
+    "num_envs": 16,
+    "num_steps": 8,
+    "critic_minibatches": 1,
+    "total_timesteps": 1_000_000,
+    "lr": 0.0003,
+    "critic_lr": 0.001,
+    "value_norm": True,
+    "normalize_obs": True,
+}
+
 #: NPG on MinAtar's [10, 10, C] frames (the CNN torso: 16 3×3 filters, then
 #: 128 ReLU units, as in MinAtar's reference agents). 64 envs × 32 steps give
 #: 4,900 natural steps in 10 M env steps (128 × 32 reached 15.4 on Breakout
@@ -327,23 +339,22 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # with it and 1,908 without, after 1 M steps. A2C takes many small
     # batches (16 × 8, 7,800 updates in 1 M steps): with 32 × 32 its
     # policy's std stayed near 1 and both seeds evaluated near 635.
-    ("a2c", "brax/hopper"): {
-        "num_envs": 16,
-        "num_steps": 8,
-        "critic_minibatches": 1,
-        "total_timesteps": 1_000_000,
-        "lr": 0.0003,
-        "critic_lr": 0.001,
-        "value_norm": True,
-        "normalize_obs": True,
-    },
+    ("a2c", "brax/hopper"): _BRAX_HOPPER_A2C,
     ("npg", "brax/hopper"): _BRAX_HOPPER_NATURAL,
     ("trpo", "brax/hopper"): _BRAX_HOPPER_NATURAL,
     # brax's ant (Gym Ant's reward: forward velocity + 1 a step alive − 0.5·|a|²,
     # ended when the torso leaves 0.2-1.0 m) takes hopper's settings, which
     # are the zoo's TRPO settings for MuJoCo's Ant too.
+    ("a2c", "brax/ant"): _BRAX_HOPPER_A2C,
     ("npg", "brax/ant"): _BRAX_HOPPER_NATURAL,
     ("trpo", "brax/ant"): _BRAX_HOPPER_NATURAL,
+    # brax's halfcheetah (Gym HalfCheetah's reward: forward velocity −
+    # 0.1·|a|², never ends before the 1000-step limit) takes hopper's
+    # settings too: the zoo's TRPO settings for MuJoCo are the same on
+    # HalfCheetah.
+    ("a2c", "brax/halfcheetah"): _BRAX_HOPPER_A2C,
+    ("npg", "brax/halfcheetah"): _BRAX_HOPPER_NATURAL,
+    ("trpo", "brax/halfcheetah"): _BRAX_HOPPER_NATURAL,
     # Asterix and SpaceInvaders take the PPO reference's entropy bonus (0.01),
     # as Freeway does: single seeds without it learned (evaluated at 40.8 and
     # 145) while their entropy fell to 0.06 and 0.01, and Freeway showed that

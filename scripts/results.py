@@ -59,7 +59,7 @@ MINATAR = (
 
 #: brax's locomotion tasks (``pip install -e ".[brax]"``), also outside the
 #: default grid: ``--envs brax/hopper --algos a2c,npg,trpo`` trains them.
-BRAX = ("brax/hopper", "brax/ant")
+BRAX = ("brax/hopper", "brax/ant", "brax/halfcheetah")
 
 #: gymnax's PPO checkpoints (the "Ckpt (Return)" column of gymnax's README,
 #: https://github.com/RobertTLange/gymnax, Lange 2022), trained by
@@ -103,6 +103,11 @@ ZOO: dict[tuple[str, str], tuple[float, float, str]] = {
     # ant.xml: the zoo's Ant-v3 rows are the nearest.
     ("trpo", "brax/ant"): (4982.3, 663.8, "1M"),
     ("ppo", "brax/ant"): (1327.2, 451.6, "1M"),
+    # brax's halfcheetah takes Gym HalfCheetah's reward (forward velocity −
+    # 0.1·|a|², no termination) on brax's own half_cheetah.xml.
+    ("a2c", "brax/halfcheetah"): (3041.2, 157.3, "1M"),
+    ("trpo", "brax/halfcheetah"): (1785.5, 68.7, "1M"),
+    ("ppo", "brax/halfcheetah"): (5819.1, 663.5, "1M"),
 }
 
 
@@ -319,7 +324,11 @@ def reference(algo: str, env: str) -> str:
 
 #: The published task behind an environment's *published* figure where that
 #: task runs on another simulator.
-PUBLISHED_ON = {"brax/hopper": "MuJoCo Hopper-v3", "brax/ant": "MuJoCo Ant-v3"}
+PUBLISHED_ON = {
+    "brax/hopper": "MuJoCo Hopper-v3",
+    "brax/ant": "MuJoCo Ant-v3",
+    "brax/halfcheetah": "MuJoCo HalfCheetah-v3",
+}
 
 
 def simulator(env: str) -> str:

@@ -97,24 +97,48 @@ def test_final_evaluation_gets_heavy_options_only_when_heavy(monkeypatch):
     trainer = make_train(TrainConfig(algo="a2c", num_envs=4, num_steps=2), backend)
     calls = []
 
-    def fake_compile_with(fn, *args, options=None, **jit_kwargs):
-        calls.append((options, jit_kwargs))
-        return fn
+    def fake_compile_lowered(lowered, options):
+        calls.append((options, len(lowered.as_text().splitlines())))
+        return lowered
 
-    monkeypatch.setattr(runner.programs, "compile_with", fake_compile_with)
-    cases = [(1, 128), (3, 128), (4, 128), (32, 16), (1, 1024)]
-    for rows, episodes in cases:
+    monkeypatch.setattr(runner.programs, "compile_lowered", fake_compile_lowered)
+
+    def evaluation_options(rows: int, episodes: int) -> tuple[dict, int]:
+        calls.clear()
         keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(rows))
         abstract = jax.eval_shape(trainer.init_batch, keys)
         runner.compile_evaluation(trainer, abstract, None, episodes)
+        [(options, lines)] = calls
+        return options, lines
+
+    cases = [(1, 128), (3, 128), (4, 128), (32, 16), (1, 1024)]
+    got = [evaluation_options(rows, episodes)[0] for rows, episodes in cases]
     expected = [
         heavy if 2 * rows * episodes >= runner.HEAVY_EVALUATION_EPISODES else light
         for rows, episodes in cases
     ]
     assert light in expected and heavy in expected  # the cases straddle it
-    assert [options for options, _ in calls] == expected
-    # Without shardings, JAX places the evaluation.
-    assert all(jit_kwargs == {} for _, jit_kwargs in calls)
+    assert got == expected
+    # A program as large as the bar is heavy at any number of episodes.
+    options, lines = evaluation_options(1, 8)
+    assert options == light and lines < runner.HEAVY_EVALUATION_LINES
+    monkeypatch.setattr(runner.programs, "HEAVY_EVALUATION_LINES", lines)
+    assert evaluation_options(1, 8)[0] == heavy
+
+
+def test_final_evaluation_is_placed_by_jax_without_shardings(monkeypatch):
+    trainer = make_train(TrainConfig(algo="a2c", num_envs=4, num_steps=2))
+    jit_kwargs = []
+
+    def fake_lower(fn, *args, **kwargs):
+        jit_kwargs.append(kwargs)
+        return compilation.lower(fn, *args, **kwargs)
+
+    monkeypatch.setattr(runner.programs, "lower", fake_lower)
+    monkeypatch.setattr(runner.programs, "compile_lowered", lambda low, opts: low)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
+    runner.compile_evaluation(trainer, jax.eval_shape(trainer.init_batch, keys), None, 8)
+    assert jit_kwargs == [{}]
 
 
 def test_evaluation_reports_the_mode_and_the_sampled_policy():

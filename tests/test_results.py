@@ -166,6 +166,20 @@ def test_the_hopper_reference_names_the_simulator_it_comes_from():
     )
 
 
+def test_a_brax_row_without_its_own_zoo_agent_shows_the_best_one():
+    # The zoo has no A2C agent for Ant-v3 and no NPG at all: those rows show
+    # the zoo's best agent on the same MuJoCo task.
+    assert results.reference("a2c", "brax/ant") == (
+        "4982.3 ± 663.8 (trpo, 1M; MuJoCo Ant-v3)"
+    )
+    assert results.reference("npg", "brax/halfcheetah") == (
+        "5819.1 ± 663.5 (ppo, 1M; MuJoCo HalfCheetah-v3)"
+    )
+    assert results.reference("trpo", "brax/halfcheetah") == (
+        "1785.5 ± 68.7 (trpo, 1M; MuJoCo HalfCheetah-v3)"
+    )
+
+
 def test_a_brax_row_is_tabulated_from_its_flat_folder(tmp_path):
     pytest.importorskip("brax")
     runs = tmp_path / "runs"

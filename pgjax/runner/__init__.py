@@ -62,6 +62,7 @@ from pgjax.runner.layout import Layout, make_layout
 from pgjax.runner.loop import run
 from pgjax.runner.programs import (
     HEAVY_EVALUATION_EPISODES,
+    HEAVY_EVALUATION_LINES,
     abstract_state,
     chunk_shardings,
     compile_evaluation,
@@ -71,6 +72,7 @@ from pgjax.runner.saved import open_run, restore_run
 
 __all__ = [
     "HEAVY_EVALUATION_EPISODES",
+    "HEAVY_EVALUATION_LINES",
     "RESUME_MAY_CHANGE",
     "CheckpointError",
     "Layout",

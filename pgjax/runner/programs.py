@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from pgjax import distributed, parallel
 from pgjax.backend import Backend
-from pgjax.compilation import compile_with
+from pgjax.compilation import compile_lowered, compile_with, lower
 from pgjax.runner.layout import Layout, row_hyper, row_keys
 from pgjax.train import Trainer, TrainState
 
@@ -62,6 +62,15 @@ def abstract_state(trainer: Trainer, layout: Layout) -> Any:
 #: the final evaluation is compiled with the backend's heavy run-once options:
 #: 4 seeds at the default 128.
 HEAVY_EVALUATION_EPISODES = 1024
+
+#: Lines of StableHLO (about one operation each) from which the final
+#: evaluation counts as heavy at any number of episodes. Its size follows the
+#: env step's: 1.8-2.9 k lines on classic control, 3.2-10.7 k on MinAtar,
+#: 17-35 k on brax's physics, whose episodes also run the longest. There
+#: -O0 runs the program 4-9× slower for little or no compile time saved (1
+#: seed × 128 mode episodes of brax/ant: compile 19 s and run 158 s at -O0,
+#: 30 s and 36 s fully optimised).
+HEAVY_EVALUATION_LINES = 12_000
 
 
 def chunk_shardings(backend: Backend, shardings: Any) -> dict[str, Any]:
@@ -110,16 +119,20 @@ def compile_evaluation(
 
         return {"mode": evaluate(True, 2**20), "sampled": evaluate(False, 2**20 + 1)}
 
-    rows = jax.tree.leaves(abstract)[0].shape[0]
-    heavy = 2 * rows * episodes >= HEAVY_EVALUATION_EPISODES
-    options = backend.heavy_run_once_options if heavy else backend.run_once_options
     jit_shardings = {}
     if shardings is not None:
         jit_shardings = {
             "in_shardings": (shardings,),
             "out_shardings": NamedSharding(backend.mesh, PartitionSpec()),
         }
-    compiled = compile_with(returns, abstract, options=options, **jit_shardings)
+    lowered = lower(returns, abstract, **jit_shardings)
+    rows = jax.tree.leaves(abstract)[0].shape[0]
+    heavy = (
+        2 * rows * episodes >= HEAVY_EVALUATION_EPISODES
+        or len(lowered.as_text().splitlines()) >= HEAVY_EVALUATION_LINES
+    )
+    options = backend.heavy_run_once_options if heavy else backend.run_once_options
+    compiled = compile_lowered(lowered, options)
 
     def run(state: TrainState) -> dict[str, np.ndarray]:
         values = distributed.to_host_everywhere(compiled(state))
