@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from pgjax.distributions import LOG_STD_MAX, LOG_STD_MIN
+
 
 def _field(default: Any, help: str, **kwargs) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
@@ -84,6 +86,12 @@ class TrainConfig:
         "torso of both networks: mlp (on the flattened observation), cnn (a 3×3 "
         "convolution with 16 filters before the MLP, for image observations "
         "[H, W, C]) or auto (cnn for images, else mlp)",
+    )
+    init_log_std: float = _field(
+        0.0,
+        "initial log standard deviation of a continuous policy's Gaussian, the "
+        "same for every action dimension (learned from there; e.g. -1 starts at "
+        "std 0.37)",
     )
 
     # REINFORCE.
@@ -436,6 +444,12 @@ def _check_numbers(config: TrainConfig, need: _Need) -> None:
     need(0 < config.backtrack_ratio < 1, "backtrack_ratio", "in (0, 1)")
     need(config.natural_lr > 0, "natural_lr", "> 0")
     need(config.kl_guard >= 0, "kl_guard", ">= 0 (0 = off)")
+    need(
+        isinstance(config.init_log_std, (int, float))
+        and LOG_STD_MIN <= config.init_log_std <= LOG_STD_MAX,
+        "init_log_std",
+        f"in [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (the log std's clip range)",
+    )
 
 
 def _check_algorithm_flags(config: TrainConfig, need: _Need) -> None:

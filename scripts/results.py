@@ -398,14 +398,16 @@ runs shared: speeds are compared in performance.md, not here.
 (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md): one
 tuned Stable-Baselines3 agent per row, its deterministic policy evaluated over
 about 150k steps, with the steps it trained for. The zoo has no REINFORCE or
-NPG; their rows show the best of its A2C, PPO and TRPO on the task. On the
+NPG (nor A2C on Ant); those rows show the best of its A2C, PPO and TRPO on
+the task. On the
 MinAtar games it is gymnax's PPO checkpoint (the "Ckpt (Return)" column of
 https://github.com/RobertTLange/gymnax; Lange 2022): 10 M steps of PPO with an
-MLP on the flattened frames, trained by gymnax-blines. brax's hopper and ant
-have no published figures of their own: their rows show the zoo's MuJoCo
-Hopper-v3 and Ant-v3 agents (Gym's rewards and terminations, on MuJoCo's
-simulator rather than brax's `generalized` pipeline; hopper's model is the
-same hopper.xml, ant's is brax's own), and no bar of *solved*.
+MLP on the flattened frames, trained by gymnax-blines. brax's hopper, ant
+and halfcheetah have no published figures of their own: their rows show the
+zoo's MuJoCo Hopper-v3, Ant-v3 and HalfCheetah-v3 agents (Gym's rewards and
+terminations, on MuJoCo's simulator rather than brax's `generalized`
+pipeline; hopper's model is the same hopper.xml, ant's and halfcheetah's
+are brax's own), and no bar of *solved*.
 
 Regenerate with `python scripts/results.py`: it trains the pairs of the
 classic-control grid (or those of `--algos`/`--envs`, e.g. `--algos npg

@@ -361,6 +361,8 @@ BAD_INPUTS = [
     (["--critic", "w"], "--critic"),
     (["--baseline", "median", "--algo", "reinforce"], "--baseline"),
     (["--hidden", "64,0"], "--hidden"),
+    (["--init-log-std", "3"], "--init-log-std"),
+    (["--init-log-std", "nan"], "--init-log-std"),
     (["--num-seeds", "0"], "--num-seeds"),
     (["--no-such-flag", "1"], "--no-such-flag"),
     (["--critic", "q", "--value-norm"], "--value-norm"),

@@ -27,6 +27,16 @@ def test_resolve_network(network, shape, resolved):
     assert networks.resolve_network(network, shape) == resolved
 
 
+def test_init_log_std_sets_the_initial_std_of_a_continuous_policy():
+    spec = envs.make_env("Pendulum-v1")
+    config = TrainConfig(env="Pendulum-v1", init_log_std=-1.5)
+    policy, _ = base.make_networks(config, spec, IDENTITY)
+    params = policy.init(jax.random.PRNGKey(0))
+    obs = jnp.zeros((3, *spec.obs_shape))
+    dist = policy.apply(params, obs)
+    np.testing.assert_array_equal(dist.log_std, np.full((3, 1), -1.5, np.float32))
+
+
 def test_cnn_on_vector_observations_is_a_config_error_naming_the_flag():
     spec = envs.make_env("CartPole-v1")
     with pytest.raises(ConfigError, match="--network: cnn needs image"):

@@ -134,6 +134,7 @@ def make_networks(
         spec,
         config.hidden,
         config.activation,
+        init_log_std=config.init_log_std,
         dot_general=backend.dot_general,
         network=config.network,
     )
