@@ -137,7 +137,8 @@ def test_final_evaluation_is_placed_by_jax_without_shardings(monkeypatch):
     monkeypatch.setattr(runner.programs, "lower", fake_lower)
     monkeypatch.setattr(runner.programs, "compile_lowered", lambda low, opts: low)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
-    runner.compile_evaluation(trainer, jax.eval_shape(trainer.init_batch, keys), None, 8)
+    abstract = jax.eval_shape(trainer.init_batch, keys)
+    runner.compile_evaluation(trainer, abstract, None, 8)
     assert jit_kwargs == [{}]
 
 
