@@ -125,10 +125,7 @@ def test_save_failing_half_way_keeps_the_last_good_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", broken)
     checkpointer = Checkpointer(tmp_path, keep=2)
-    # orbax reports the failure, or (seen once, on a loaded machine) the
-    # failure of its clean-up of the half-written step, which raced with the
-    # state item's writes still in flight: either way the save fails loudly.
-    with pytest.raises(CheckpointError, match="disk full|Directory not empty"):
+    with pytest.raises(CheckpointError, match="disk full"):
         checkpointer.save(3, make_tree(3), {})
         checkpointer.wait()
     checkpointer.close()
