@@ -6,15 +6,16 @@ agnostic to what it saves (test_resume.py checks whole training states).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import struct
+from orbax.checkpoint._src.handlers import base_pytree_checkpoint_handler
 
 from pgjax import runner
 from pgjax.checkpoints import CHECKPOINT_DIR, Checkpointer, CheckpointError
@@ -118,12 +119,22 @@ def test_partial_tmp_checkpoint_is_ignored_then_cleaned(tmp_path):
 def test_save_failing_half_way_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     save_steps(tmp_path, [1, 2], keep=2)
 
-    # The state item is written, then writing the host item fails (in the
-    # background, where orbax writes files).
-    async def broken(self, item, directory):
+    # The state item's arrays are written, then its metadata file fails (in
+    # the background, where orbax writes files). The failure waits for the
+    # array writes so that none is still in flight when the next writer
+    # cleans the temporary folder; orbax stops waiting at the first failed
+    # item (items go in name order: a failing host item would leave the
+    # state's writes running).
+    async def broken(self, commit_futures, **kwargs):
+        for commit in commit_futures:
+            await asyncio.to_thread(commit.result)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", broken)
+    monkeypatch.setattr(
+        base_pytree_checkpoint_handler.BasePyTreeCheckpointHandler,
+        "_write_metadata_after_commits",
+        broken,
+    )
     checkpointer = Checkpointer(tmp_path, keep=2)
     with pytest.raises(CheckpointError, match="disk full"):
         checkpointer.save(3, make_tree(3), {})
