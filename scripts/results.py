@@ -487,24 +487,24 @@ Pairs without a finished run of their current settings:
   near 1 (entropy 4.1 of 4.3 at the start) and evaluated near 635; with
   16 × 8, lr 0.001 evaluated at 394 and 357 on seeds 10-11, lr 0.0003 at
   2,043 and 916.
-* **brax's ant: hopper's settings, 1 M steps; A2C from a narrow
-  Gaussian.** The zoo's TRPO settings for MuJoCo are tuned on Ant; here
-  they train for the zoo's 1 M steps. The line search kept every full
-  natural step (no backtrack in 2,445 updates), so TRPO and NPG train the
-  same policies. The training return stays near 30-50 until 0.5 M steps,
-  then climbs to 150-690 by 1 M and is still rising, each ant falling after
-  100-400 steps; the mode evaluates far above the sampled play (1,210
-  against 394). A2C takes hopper's A2C settings but starts its Gaussian at
-  std e^-2 = 0.14 (`--init-log-std -2`, the zoo's A2C setting on PyBullet's
-  Ant): from std 1, the control cost of the noise outweighs the alive
-  bonus, short episodes pay best, and 5 seeds learned to fall within 15-25
-  steps (evaluated at 41.6). On 2 seeds after 0.3 M steps, A2C evaluates at
-  70 from −0.5, 271 from −1 and 1,220 from −2. An ant that stays up for
-  1000 steps earns about 1,000 from the alive bonus; A2C's 3,291 is mostly
-  forward progress.
+* **brax's ant: hopper's settings from a narrow Gaussian, 1 M steps.** The
+  zoo's TRPO settings for MuJoCo are tuned on Ant; here they train for the
+  zoo's 1 M steps. All three presets start their Gaussian at std e^-2 =
+  0.14 (`--init-log-std -2`, the zoo's A2C setting on PyBullet's Ant): from
+  std 1, the control cost of the noise outweighs the alive bonus and short
+  episodes pay best. A2C from std 1 learned to fall within 15-25 steps (5
+  seeds evaluated at 41.6); on 2 seeds after 0.3 M steps it evaluates at
+  70 from −0.5, 271 from −1 and 1,220 from −2. TRPO from std 1 returned
+  30-50 until 0.5 M steps and its 5 seeds evaluated at 1,210 after 1 M
+  (sampled 394); from e^-2, at 1,622 (sampled 1,024), its training return
+  passing 1,000 near 1 M and still rising. The line search kept every full
+  natural step (no backtrack in 2,445 updates, from either std), so TRPO
+  and NPG train the same policies. An ant that stays up for 1000 steps
+  earns about 1,000 from the alive bonus; A2C's 3,291 is mostly forward
+  progress.
 * **brax's halfcheetah: hopper's settings from a narrow Gaussian.** All
-  three presets start at std e^-2 (`--init-log-std -2`), as ant's A2C
-  does. From std 1, A2C's training return stayed between −400 and −110 for
+  three presets start at std e^-2 (`--init-log-std -2`), as ant's
+  do. From std 1, A2C's training return stayed between −400 and −110 for
   0.35 M steps (entropy 8.5 to 8.1), and TRPO's 5 seeds evaluated at 2,030
   after 1 M steps (sampled 1,482), where 2 seeds from e^-2 evaluate at
   3,638 after 0.3 M; after 1 M, 5 seeds from e^-2 evaluate at 6,150 for
