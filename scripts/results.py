@@ -527,12 +527,23 @@ Pairs without a finished run of their current settings:
   of 40 runs, seeds 0-9 × max-kl 0.01 or 0.005 × cg-damping 0.1 or 0.3,
   evaluates every run between −131 and −213). The shorter horizon that
   cures REINFORCE there halves them: 14 of 15 seeds (0-4 and 10-19) reach
-  −200 at γ 0.95 (mean −166), 11 of 15 at γ 0.99 (mean −212). The
-  table's seed 2 (−231) is one of those: in a program of seeds 0-4 ×
-  max-kl 0.005, 0.01 or 0.02 × cg-damping 0.1 or 0.01, the preset's
-  settings evaluate it at −149.2 and all five seeds between −147 and −185;
-  on seeds 10-19, 10 of 10 reach −200 at max-kl 0.01 (mean −159.2) and 9
-  of 10 at 0.005 (mean −161.5), so the preset keeps 0.01.
+  −200 at γ 0.95 (mean −166), 11 of 15 at γ 0.99 (mean −212). On seeds
+  10-19, 10 of 10 reach −200 at max-kl 0.01 (mean −159.2) and 9 of 10 at
+  0.005 (mean −161.5), so the preset keeps 0.01. A Gaussian that starts
+  at std e^-0.5 = 0.61 (`--init-log-std -0.5`) takes the last failures:
+  seeds 0-4, 10-14 and 15-19 all reach −200 (means −157.6, −161.5 and
+  −163.8); from e^-1, seed 1 of 0-4 ends at −220.
+* **γ 0.95 for A2C and TRPO on Pendulum too.** A2C at γ 0.99 leaves a seed
+  in about five at −650 to −690 (seeds 0-4, 10-14 and 15-19 in three
+  programs: 12 of 15 reach −200): its policy settles without swinging up
+  while its entropy falls to 0. At γ 0.95, seeds 0-14 in one program all
+  reach −200 (mean −156.5). TRPO takes NPG's γ and starting std; its
+  Pendulum runs are as chaotic as NPG's, a run's rounding moving with the
+  program that holds it. Seeds 0-4 evaluate at −194.1 alone (4 of 5 reach
+  −200, the table's row) and −170.8 beside γ 0.99 in one program (5 of 5);
+  seeds 10-14 at −189.1 (4 of 5). At γ 0.99 from std 1, seeds 0-4
+  evaluate at −236.1 alone (1 of 5) and −167.3 beside γ 0.95; at γ 0.95
+  from std 1, −187.7 (3 of 5).
 * **A critic fitted hard for TRPO on both MountainCars.** TRPO's line search
   keeps a step only if the surrogate improves, so noisy advantages from a
   lagging critic cost it whole updates. Its presets fit the critic for 10
