@@ -394,6 +394,13 @@ samples actions as in training. *wall s* is the whole command, compile
 included, all seeds together, on a machine that other jobs and other pairs'
 runs shared: speeds are compared in performance.md, not here.
 
+A run repeats bit for bit on one build (jaxlib version and CPU), but
+another build rounds differently, and some runs are chaotic: a rounding
+change can move a row's mean by a few points (Acrobot, MountainCar) or
+send a Pendulum seed that solved to a policy that never swings up (−650).
+The Pendulum presets take settings under which 15 seeds solve on the
+build these rows come from (TRPO's: 4 of 5 per program, see below).
+
 *published* is rl-baselines3-zoo's benchmark
 (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md): one
 tuned Stable-Baselines3 agent per row, its deterministic policy evaluated over
