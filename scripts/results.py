@@ -398,8 +398,9 @@ A run repeats bit for bit on one build (jaxlib version and CPU), but
 another build rounds differently, and some runs are chaotic: a rounding
 change can move a row's mean by a few points (Acrobot, MountainCar) or
 send a Pendulum seed that solved to a policy that never swings up (−650).
-The Pendulum presets take settings under which 15 seeds solve on the
-build these rows come from (TRPO's: 4 of 5 per program, see below).
+The classic-control rows come from one build (jax 0.10.2 on this
+machine), on which the Pendulum presets' settings solve 15 seeds (TRPO's:
+4 of 5 per program, see below).
 
 *published* is rl-baselines3-zoo's benchmark
 (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md): one
