@@ -28,6 +28,20 @@ _BRAX_HOPPER_NATURAL: dict[str, Any] = {
 #: Gaussian of std e^-2 (see the presets below).
 _BRAX_NARROW_NATURAL: dict[str, Any] = {**_BRAX_HOPPER_NATURAL, "init_log_std": -2.0}
 
+#: TRPO's Pendulum settings; NPG's anneal its step too (see the presets below).
+_PENDULUM_NATURAL: dict[str, Any] = {
+    "num_steps": 64,
+    "total_timesteps": 4_000_000,
+    "gamma": 0.95,
+    "init_log_std": -0.5,
+    "max_kl": 0.01,
+    "gae_lambda": 0.9,
+    "critic_epochs": 5,
+    "critic_lr": 0.01,
+    "reward_scale": 0.1,
+    "normalize_obs": True,
+}
+
 #: A2C's brax/hopper settings (see the presets below).
 _BRAX_HOPPER_A2C: dict[str, Any] = {
     "num_envs": 16,
@@ -289,19 +303,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # The Gaussian starts at std e^-0.5 = 0.61: seeds 0-4, 10-14 and 15-19 all
     # reach −200 (means −157.6, −161.5, −163.8); from std 1, 14 of 15, and
     # from e^-1 seed 1 of 0-4 ends at −220.
-    ("npg", "Pendulum-v1"): {
-        "num_steps": 64,
-        "total_timesteps": 4_000_000,
-        "gamma": 0.95,
-        "max_kl": 0.01,
-        "anneal_kl": True,
-        "init_log_std": -0.5,
-        "gae_lambda": 0.9,
-        "critic_epochs": 5,
-        "critic_lr": 0.01,
-        "reward_scale": 0.1,
-        "normalize_obs": True,
-    },
+    ("npg", "Pendulum-v1"): {**_PENDULUM_NATURAL, "anneal_kl": True},
     # GAE λ 0.9 and 5 critic epochs: advantages with less variance, from a
     # critic that keeps up; λ 0.95 with 2 epochs leaves some seeds short of −250.
     # γ 0.95 and a Gaussian from std e^-0.5, as NPG's. TRPO's Pendulum runs
@@ -311,18 +313,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # At γ 0.99 from std 1, seeds 0-4 evaluate at −236.1 alone (1 of 5) and
     # −167.3 beside γ 0.95; γ 0.95 from std 1, −187.7 (3 of 5); γ 0.99 from
     # e^-0.5, −205.7 (2 of 5).
-    ("trpo", "Pendulum-v1"): {
-        "num_steps": 64,
-        "total_timesteps": 4_000_000,
-        "gamma": 0.95,
-        "init_log_std": -0.5,
-        "max_kl": 0.01,
-        "gae_lambda": 0.9,
-        "critic_epochs": 5,
-        "critic_lr": 0.01,
-        "reward_scale": 0.1,
-        "normalize_obs": True,
-    },
+    ("trpo", "Pendulum-v1"): _PENDULUM_NATURAL,
     # brax's inverted_pendulum (pgjax[brax]): +1 a step for up to 1000 steps.
     # Rollouts of 64 steps, so that γ = 0.99 values see far enough ahead (16
     # learn slowly), PopArt for returns that grow from ~20 to ~100 discounted.
